@@ -1,0 +1,131 @@
+//! [`LockError`]: what can go wrong while taking, holding or releasing a lock (S15).
+
+use std::time::Duration;
+
+/// Why a guarded call did not run its body to completion under the lock.
+///
+/// Every variant that concerns one lock names its Redis key, so that an operator can find it with
+/// `redis-cli`. The enum is `#[non_exhaustive]`: match it with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock stayed held by another owner for the whole `wait`.
+    #[error("lock `{key}` not acquired: still held by another owner after waiting {waited:?}")]
+    NotAcquired {
+        /// The Redis key of the lock.
+        key: String,
+        /// How long the call waited before giving up.
+        waited: Duration,
+    },
+    /// The body did not finish before its deadline (the `timeout`, or the lease's validity, whichever
+    /// came first); it was dropped, and the lock released after it.
+    #[error("guarded body for lock `{key}` exceeded its deadline of {timeout:?} and was dropped")]
+    Deadline {
+        /// The Redis key of the lock.
+        key: String,
+        /// The deadline the body had, counted from the acquisition.
+        timeout: Duration,
+    },
+    /// With `lease = watchdog`: a renewal found the lock gone (expired, deleted or taken by someone
+    /// else). The body was dropped.
+    #[error("lock `{key}` was lost while the body ran (a renewal found it gone); the body was dropped")]
+    Lost {
+        /// The Redis key of the lock.
+        key: String,
+    },
+    /// The lock backend failed: Redis unreachable, slow beyond the command timeout, a pool error,
+    /// TLS, I/O. The source tells which.
+    #[error("lock backend failed{}: {source}", key_suffix(.key))]
+    Backend {
+        /// The Redis key concerned, when the failure happened for one lock.
+        key: Option<String>,
+        /// What failed.
+        #[source]
+        source: BackendError,
+    },
+    /// A guarded function was called without `locks = …` and no default manager was set with
+    /// [`set_default`](crate::set_default).
+    #[error(
+        "no lock manager: pass `locks = …` to #[concurrency_guard] or call lock_guard::set_default(manager) at startup"
+    )]
+    NoDefault,
+}
+
+fn key_suffix(key: &Option<String>) -> String {
+    match key {
+        Some(k) => format!(" for lock `{k}`"),
+        None => String::new(),
+    }
+}
+
+impl LockError {
+    /// `true` for [`LockError::NotAcquired`]: somebody else holds the lock (a conflict, not a fault).
+    pub fn is_not_acquired(&self) -> bool {
+        matches!(self, LockError::NotAcquired { .. })
+    }
+
+    /// `true` for [`LockError::Backend`]: the lock service itself failed.
+    pub fn is_backend(&self) -> bool {
+        matches!(self, LockError::Backend { .. })
+    }
+
+    /// `true` when a Redis command or a pool checkout did not answer within the command timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, LockError::Backend { source, .. } if source.is_timeout())
+    }
+
+    /// The Redis key the error concerns, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            LockError::NotAcquired { key, .. }
+            | LockError::Deadline { key, .. }
+            | LockError::Lost { key } => Some(key),
+            LockError::Backend { key, .. } => key.as_deref(),
+            LockError::NoDefault => None,
+        }
+    }
+
+    pub(crate) fn backend(key: Option<&str>, source: BackendError) -> Self {
+        LockError::Backend {
+            key: key.map(str::to_owned),
+            source,
+        }
+    }
+}
+
+/// The source of a [`LockError::Backend`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// A Redis command failed (connection refused or dropped, I/O, TLS, a script error, …).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A command or a connection checkout did not complete within the command timeout.
+    #[error("{what} did not complete within the command timeout of {timeout:?}")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// The command timeout in force.
+        timeout: Duration,
+    },
+    /// The connection pool failed to hand out a connection.
+    #[error("connection pool: {0}")]
+    Pool(String),
+    /// The manager's configuration is invalid (a malformed URL, a bad key prefix, …).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An unexpected reply from Redis.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    /// `true` when a command or checkout timed out.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            BackendError::Timeout { .. } => true,
+            BackendError::Redis(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+}

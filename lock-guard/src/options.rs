@@ -1,0 +1,98 @@
+//! [`LockOptions`]: how long to wait, how long to lease, how long the body may run (S2, S7).
+
+use std::time::Duration;
+
+/// How long a lock is leased for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lease {
+    /// Redis frees the lock this long after it was taken, whatever the holder does.
+    Fixed(Duration),
+    /// The lock is taken for the manager's watchdog lease and renewed every third of it while the
+    /// body runs (S10).
+    Watchdog,
+}
+
+/// Options of one acquisition: `wait`, `lease`, `timeout`.
+///
+/// The defaults are those of the attribute: `wait = 5s`, `lease = 3s`, `timeout` two thirds of the
+/// lease.
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_guard::LockOptions;
+/// let opts = LockOptions::new().wait(Duration::from_millis(250)).lease(Duration::from_secs(10));
+/// assert_eq!(opts.timeout_or_default(), Some(Duration::from_millis(6666)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockOptions {
+    pub(crate) wait: Duration,
+    pub(crate) lease: Lease,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LockOptions {
+    /// `wait = 5s`, `lease = 3s`, `timeout` two thirds of the lease.
+    pub const fn new() -> Self {
+        LockOptions {
+            wait: Duration::from_secs(5),
+            lease: Lease::Fixed(Duration::from_secs(3)),
+            timeout: None,
+        }
+    }
+
+    /// Longest time to wait for the lock; zero tries exactly once.
+    pub const fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// A fixed lease.
+    pub const fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Lease::Fixed(lease);
+        self
+    }
+
+    /// Holds the lock for as long as the body runs, renewing it (S10).
+    pub const fn watchdog(mut self) -> Self {
+        self.lease = Lease::Watchdog;
+        self
+    }
+
+    /// The body's deadline, counted from the acquisition. With a fixed lease the body is also
+    /// bounded by the lease's validity, whichever comes first.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The configured wait.
+    pub const fn get_wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The configured lease.
+    pub const fn get_lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// The timeout in force: the one set, or two thirds of a fixed lease, or none with a watchdog.
+    pub fn timeout_or_default(&self) -> Option<Duration> {
+        match (self.timeout, self.lease) {
+            (Some(t), _) => Some(t),
+            (None, Lease::Fixed(l)) => Some(l * 2 / 3),
+            (None, Lease::Watchdog) => None,
+        }
+    }
+}
+
+/// Drift allowance of a lease (S7): 1 % of it plus 2 ms.
+pub(crate) fn drift(lease: Duration) -> Duration {
+    lease / 100 + Duration::from_millis(2)
+}

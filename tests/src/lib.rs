@@ -1,0 +1,1 @@
+//! Test support: real redis-server processes on free loopback ports.
