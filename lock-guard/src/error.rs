@@ -28,7 +28,9 @@ pub enum LockError {
     },
     /// With `lease = watchdog`: a renewal found the lock gone (expired, deleted or taken by someone
     /// else). The body was dropped.
-    #[error("lock `{key}` was lost while the body ran (a renewal found it gone); the body was dropped")]
+    #[error(
+        "lock `{key}` was lost while the body ran (a renewal found it gone); the body was dropped"
+    )]
     Lost {
         /// The Redis key of the lock.
         key: String,

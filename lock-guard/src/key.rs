@@ -120,7 +120,11 @@ pub struct Unordered<A>(A, A);
 
 /// Makes an [`Unordered`] pair: the lock key for `key = lock_guard::unordered(a, b)`.
 pub fn unordered<A: Ord + Display>(a: A, b: A) -> Unordered<A> {
-    if a <= b { Unordered(a, b) } else { Unordered(b, a) }
+    if a <= b {
+        Unordered(a, b)
+    } else {
+        Unordered(b, a)
+    }
 }
 
 impl<A: Display> KeyParts for Unordered<A> {
@@ -142,7 +146,10 @@ mod tests {
 
     #[test]
     fn parts_and_names_do_not_merge() {
-        assert_ne!(LockKey::new("a").part("b:c"), LockKey::new("a").part("b").part("c"));
+        assert_ne!(
+            LockKey::new("a").part("b:c"),
+            LockKey::new("a").part("b").part("c")
+        );
         assert_ne!(LockKey::new("a:b"), LockKey::new("a").part("b"));
         assert_ne!(LockKey::new("a"), LockKey::new("a").part(""));
     }

@@ -1,0 +1,487 @@
+//! The Redis backend: pooled multiplexed connections for the scripts, one shared subscriber
+//! connection for release messages (S8, S9, S12, S15).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics as PoolMetrics, Pool, RecycleError, RecycleResult};
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, Script, ServerErrorKind};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Attempt, Keys};
+use crate::error::{BackendError, LockError};
+use crate::queue::Queues;
+
+/// The acquire, release and renew scripts, hashed once (S9).
+struct Scripts {
+    acquire: Script,
+    release: Script,
+    renew: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        acquire: Script::new(include_str!("../scripts/acquire.lua")),
+        release: Script::new(include_str!("../scripts/release.lua")),
+        renew: Script::new(include_str!("../scripts/renew.lua")),
+    })
+}
+
+/// How long a fencing counter outlives its key's last acquisition. After that, the server clock
+/// alone (in microseconds) is already past every token issued, so the counter can go (S11).
+const FENCE_RETENTION: Duration = Duration::from_secs(60);
+
+/// Counts of what this manager sent to Redis, for tests and the benchmark.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commands: AtomicU64,
+    pub(crate) subscriber_commands: AtomicU64,
+}
+
+/// A pooled multiplexed connection, marked broken after an I/O failure so the pool replaces it.
+pub(crate) struct Conn {
+    conn: MultiplexedConnection,
+    broken: bool,
+}
+
+/// Creates connections for the pool. Recycling is free: a connection is dropped when a command on
+/// it failed at the connection level, never pinged (a ping per checkout would double the round
+/// trips of an acquisition).
+pub(crate) struct ConnManager {
+    client: Client,
+    timeout: Duration,
+}
+
+impl managed::Manager for ConnManager {
+    type Type = Conn;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Conn, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None);
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Conn {
+            conn,
+            broken: false,
+        })
+    }
+
+    async fn recycle(&self, conn: &mut Conn, _: &PoolMetrics) -> RecycleResult<RedisError> {
+        if conn.broken {
+            Err(RecycleError::message("connection failed"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+pub(crate) enum SubCmd {
+    Subscribe(Arc<str>, Option<oneshot::Sender<Result<(), LockError>>>),
+    Unsubscribe(Arc<str>),
+}
+
+pub(crate) struct RedisBackend {
+    pool: Pool<ConnManager>,
+    timeout: Duration,
+    sub_tx: mpsc::UnboundedSender<SubCmd>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl RedisBackend {
+    pub(crate) fn new(
+        client: Client,
+        pool_size: usize,
+        timeout: Duration,
+        queues: &Arc<Queues>,
+        counters: Arc<Counters>,
+        sub_tx: mpsc::UnboundedSender<SubCmd>,
+        sub_rx: mpsc::UnboundedReceiver<SubCmd>,
+    ) -> Result<(Self, SubscriberTask), LockError> {
+        let pool = Pool::builder(ConnManager {
+            client: client.clone(),
+            timeout,
+        })
+        .max_size(pool_size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| LockError::backend(None, BackendError::Config(e.to_string())))?;
+        let task = SubscriberTask {
+            client,
+            queues: Arc::downgrade(queues),
+            rx: sub_rx,
+            timeout,
+            counters: counters.clone(),
+        };
+        Ok((
+            RedisBackend {
+                pool,
+                timeout,
+                sub_tx,
+                counters,
+            },
+            task,
+        ))
+    }
+
+    /// The hook the queues call when a key gains its first or loses its last local waiter.
+    pub(crate) fn subscription_hook(
+        tx: mpsc::UnboundedSender<SubCmd>,
+    ) -> impl Fn(&Arc<str>, bool) + Send + Sync {
+        move |channel, subscribe| {
+            let cmd = if subscribe {
+                SubCmd::Subscribe(channel.clone(), None)
+            } else {
+                SubCmd::Unsubscribe(channel.clone())
+            };
+            // The receiver only goes away with the manager.
+            let _ = tx.send(cmd);
+        }
+    }
+
+    /// Runs `f` on a pooled connection, bounded by the command timeout as a whole (checkout
+    /// included), so a Redis that is down, slow or paused yields an error in bounded time (S15).
+    async fn with_conn<T, F, Fut>(
+        &self,
+        key: &str,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, LockError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|e| match e {
+                managed::PoolError::Timeout(_) => BackendError::Timeout {
+                    what: "connection checkout",
+                    timeout: self.timeout,
+                },
+                managed::PoolError::Backend(e) => BackendError::Redis(e),
+                other => BackendError::Pool(other.to_string()),
+            })?;
+            let result = f(conn.conn.clone()).await;
+            if let Err(e) = &result {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+                {
+                    conn.broken = true;
+                }
+            }
+            result.map_err(BackendError::Redis)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r.map_err(|source| LockError::backend(Some(key), source)),
+            Err(_) => Err(LockError::backend(
+                Some(key),
+                BackendError::Timeout {
+                    what,
+                    timeout: self.timeout,
+                },
+            )),
+        }
+    }
+
+    /// `EVALSHA`, falling back to `EVAL` (which also reloads the cache) on `NOSCRIPT`.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, LockError> {
+        let build = |verb: &str, body: &str| {
+            let mut cmd = Cmd::new();
+            cmd.arg(verb).arg(body).arg(keys.len());
+            for k in keys {
+                cmd.arg(*k);
+            }
+            for a in args {
+                cmd.arg(*a);
+            }
+            cmd
+        };
+        let counters = &self.counters;
+        self.with_conn(key, "script call", |mut conn| async move {
+            counters.commands.fetch_add(1, Ordering::Relaxed);
+            match build("EVALSHA", script.get_hash())
+                .query_async(&mut conn)
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    tracing::debug!(key, "script cache was empty (NOSCRIPT): loading it again");
+                    counters.commands.fetch_add(1, Ordering::Relaxed);
+                    build("EVAL", script_source(script))
+                        .query_async(&mut conn)
+                        .await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn try_acquire(
+        &self,
+        keys: &Keys,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Attempt, LockError> {
+        let lease_ms = millis(lease).to_string();
+        let retention = millis(lease + FENCE_RETENTION).to_string();
+        let (taken, value): (i64, i64) = self
+            .eval(
+                &keys.lock,
+                &scripts().acquire,
+                &[&keys.lock, &keys.fence],
+                &[token.as_bytes(), lease_ms.as_bytes(), retention.as_bytes()],
+            )
+            .await?;
+        if taken == 1 {
+            u64::try_from(value).map(Attempt::Acquired).map_err(|_| {
+                LockError::backend(
+                    Some(&keys.lock),
+                    BackendError::Protocol(format!("negative fencing token {value}")),
+                )
+            })
+        } else {
+            // PTTL: -1 means no expiry (set by hand), -2 that it vanished meanwhile.
+            Ok(Attempt::Held(match value {
+                -2 => Some(Duration::ZERO),
+                v => u64::try_from(v).ok().map(Duration::from_millis),
+            }))
+        }
+    }
+
+    pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
+        let n: i64 = self
+            .eval(
+                &keys.lock,
+                &scripts().release,
+                &[&keys.lock, &keys.channel],
+                &[token.as_bytes()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        keys: &Keys,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, LockError> {
+        let lease_ms = millis(lease).to_string();
+        let n: i64 = self
+            .eval(
+                &keys.lock,
+                &scripts().renew,
+                &[&keys.lock],
+                &[token.as_bytes(), lease_ms.as_bytes()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Asks for the release channel and waits until the subscription is confirmed.
+    pub(crate) async fn subscribed(&self, keys: &Keys) -> Result<(), LockError> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self
+            .sub_tx
+            .send(SubCmd::Subscribe(keys.channel.clone(), Some(tx)));
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(LockError::backend(
+                Some(&keys.lock),
+                BackendError::Pool("the subscriber task has stopped".into()),
+            )),
+            Err(_) => Err(LockError::backend(
+                Some(&keys.lock),
+                BackendError::Timeout {
+                    what: "SUBSCRIBE",
+                    timeout: self.timeout,
+                },
+            )),
+        }
+    }
+
+    /// One `PING`, to fail early on a wrong URL or password.
+    pub(crate) async fn ping(&self) -> Result<(), LockError> {
+        self.with_conn("", "PING", |mut conn| async move {
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+}
+
+fn script_source(script: &Script) -> &'static str {
+    let s = scripts();
+    if script.get_hash() == s.acquire.get_hash() {
+        include_str!("../scripts/acquire.lua")
+    } else if script.get_hash() == s.release.get_hash() {
+        include_str!("../scripts/release.lua")
+    } else {
+        include_str!("../scripts/renew.lua")
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The task that owns the manager's one subscriber connection (S8): it subscribes a key's release
+/// channel while the key has local waiters, wakes the head of the key's queue on each message, and
+/// after a lost connection reconnects, subscribes again and wakes every head (a release may have
+/// been missed meanwhile).
+pub(crate) struct SubscriberTask {
+    client: Client,
+    queues: std::sync::Weak<Queues>,
+    rx: mpsc::UnboundedReceiver<SubCmd>,
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl SubscriberTask {
+    pub(crate) async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut connected_once = false;
+        loop {
+            let pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                failed => {
+                    let reason = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".to_owned(),
+                    };
+                    tracing::warn!(%reason, "lock-guard subscriber connection failed; waiters fall back to lease timers");
+                    if !self.drain_while_down(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            let (mut sink, mut stream) = pubsub.split();
+            let Some(queues) = self.queues.upgrade() else {
+                return;
+            };
+            // Subscribe what has waiters now; whatever changes after is in the command queue.
+            let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+            let mut ok = true;
+            for ch in queues.channels() {
+                if self.sub(&mut sink, &ch).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                subscribed.insert(ch);
+            }
+            if connected_once {
+                queues.wake_all_heads();
+            }
+            connected_once = true;
+            drop(queues);
+            if !ok {
+                continue;
+            }
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => {
+                            if let Some(q) = self.queues.upgrade() {
+                                q.wake_head(msg.get_channel_name());
+                            }
+                        }
+                        None => {
+                            tracing::warn!("lock-guard subscriber connection closed; reconnecting");
+                            break;
+                        }
+                    },
+                    cmd = self.rx.recv() => match cmd {
+                        None => return,
+                        Some(SubCmd::Subscribe(ch, reply)) => {
+                            let r = if subscribed.contains(&ch) {
+                                Ok(())
+                            } else {
+                                self.sub(&mut sink, &ch).await
+                            };
+                            let failed = r.is_err();
+                            if !failed {
+                                subscribed.insert(ch);
+                            }
+                            if let Some(reply) = reply {
+                                let _ = reply.send(r);
+                            }
+                            if failed {
+                                break;
+                            }
+                        }
+                        Some(SubCmd::Unsubscribe(ch)) => {
+                            if subscribed.remove(&ch) {
+                                self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
+                                let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
+                                if !matches!(r, Ok(Ok(()))) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sub(&self, sink: &mut redis::aio::PubSubSink, ch: &str) -> Result<(), LockError> {
+        self.counters
+            .subscriber_commands
+            .fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.timeout, sink.subscribe(ch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(LockError::backend(None, BackendError::Redis(e))),
+            Err(_) => Err(LockError::backend(
+                None,
+                BackendError::Timeout {
+                    what: "SUBSCRIBE",
+                    timeout: self.timeout,
+                },
+            )),
+        }
+    }
+
+    /// While disconnected: answer subscribe requests with an error for `pause`, so waiters go on
+    /// with their lease timers. Returns `false` when the manager is gone.
+    async fn drain_while_down(&mut self, pause: Duration) -> bool {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                cmd = self.rx.recv() => match cmd {
+                    None => return false,
+                    Some(SubCmd::Subscribe(_, Some(reply))) => {
+                        let _ = reply.send(Err(LockError::backend(
+                            None,
+                            BackendError::Pool("subscriber connection is down".into()),
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}

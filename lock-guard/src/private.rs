@@ -1,0 +1,64 @@
+//! What `#[concurrency_guard]` expands to. Not public API: names and signatures may change in any
+//! release.
+
+use std::future::Future;
+
+pub use crate::{KeyParts, LockError, LockKey, LockManager, LockOptions};
+
+/// A key with the lock's name.
+#[inline]
+pub fn key(name: &str) -> LockKey {
+    LockKey::new(name)
+}
+
+/// Appends the parts of one key argument.
+#[inline]
+pub fn part<K: KeyParts + ?Sized>(mut key: LockKey, part: &K) -> LockKey {
+    part.push_parts(&mut key);
+    key
+}
+
+/// The manager of `locks = <expr>`, taken before the body moves `self` away.
+#[inline]
+pub fn locks<M: AsRef<LockManager> + ?Sized>(m: &M) -> Option<LockManager> {
+    Some(m.as_ref().clone())
+}
+
+/// No `locks = …`: the process default, resolved at call time.
+#[inline]
+pub fn default_locks() -> Option<LockManager> {
+    None
+}
+
+/// The attribute's options, in milliseconds; `lease_ms: None` is a watchdog lease.
+#[inline]
+pub const fn options(wait_ms: u64, lease_ms: Option<u64>, timeout_ms: Option<u64>) -> LockOptions {
+    use std::time::Duration;
+    let o = LockOptions::new().wait(Duration::from_millis(wait_ms));
+    let o = match lease_ms {
+        Some(l) => o.lease(Duration::from_millis(l)),
+        None => o.watchdog(),
+    };
+    match timeout_ms {
+        Some(t) => o.timeout(Duration::from_millis(t)),
+        None => o,
+    }
+}
+
+/// The closure form, as the attribute calls it: `locks` or else the default manager.
+pub async fn run<T, E, F>(
+    locks: Option<LockManager>,
+    key: LockKey,
+    options: LockOptions,
+    body: F,
+) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: From<LockError>,
+{
+    let manager = match locks.or_else(crate::default_manager) {
+        Some(m) => m,
+        None => return Err(LockError::NoDefault.into()),
+    };
+    manager.run(&key, options, body).await
+}

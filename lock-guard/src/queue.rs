@@ -1,0 +1,210 @@
+//! The per-process FIFO of waiters for each key (S8).
+//!
+//! Only the head of a key's queue contends in Redis; the others sleep until they become the head.
+//! A release message wakes the head alone. The queue also remembers when the current holder's
+//! lease ends, so a head whose release message was lost still retries by then.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Called when a key gains its first local waiter (`true`) or loses its last (`false`), while
+/// the queue lock is held, so subscribe and unsubscribe requests leave in the order they happen.
+pub(crate) type SubscriptionHook = Box<dyn Fn(&Arc<str>, bool) + Send + Sync>;
+
+pub(crate) struct Queues {
+    map: Mutex<HashMap<Arc<str>, KeyQueue>>,
+    hook: Option<SubscriptionHook>,
+}
+
+struct KeyQueue {
+    waiters: VecDeque<Arc<Waiter>>,
+    /// When the lock is expected to be free at the latest (the holder's lease end), if known.
+    retry_at: Option<Instant>,
+}
+
+struct Waiter {
+    notify: Notify,
+    /// Set by a wake-up that asks the head to try now (a release, a departed head, a reconnect);
+    /// unset for a plain promotion after a local acquisition, where the lock is known to be held.
+    try_now: AtomicBool,
+}
+
+impl Waiter {
+    fn wake(&self, try_now: bool) {
+        if try_now {
+            self.try_now.store(true, Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
+}
+
+impl Queues {
+    pub(crate) fn new(hook: Option<SubscriptionHook>) -> Self {
+        Queues {
+            map: Mutex::new(HashMap::new()),
+            hook,
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyQueue>> {
+        // The map holds no invariant a panic could break halfway; keep going after a poison.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether anyone in this process waits for the lock behind `channel`.
+    pub(crate) fn has_waiters(&self, channel: &str) -> bool {
+        self.map().contains_key(channel)
+    }
+
+    /// Joins the queue of `channel` at the back. Returns the place and whether it is the first
+    /// waiter (which then subscribed the channel through the hook).
+    pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>) -> (Place, bool) {
+        let waiter = Arc::new(Waiter {
+            notify: Notify::new(),
+            try_now: AtomicBool::new(false),
+        });
+        let mut map = self.map();
+        let first = !map.contains_key(channel);
+        map.entry(channel.clone())
+            .or_insert_with(|| KeyQueue {
+                waiters: VecDeque::with_capacity(4),
+                retry_at: None,
+            })
+            .waiters
+            .push_back(waiter.clone());
+        if first {
+            if let Some(hook) = &self.hook {
+                hook(channel, true);
+            }
+        }
+        drop(map);
+        (
+            Place {
+                queues: self.clone(),
+                channel: channel.clone(),
+                waiter,
+                done: false,
+            },
+            first,
+        )
+    }
+
+    /// A release was announced on `channel`: wake the head of its queue to try.
+    pub(crate) fn wake_head(&self, channel: &str) {
+        if let Some(q) = self.map().get(channel) {
+            if let Some(head) = q.waiters.front() {
+                head.wake(true);
+            }
+        }
+    }
+
+    /// Release messages may have been missed (the subscriber reconnected): every head tries.
+    pub(crate) fn wake_all_heads(&self) {
+        for q in self.map().values() {
+            if let Some(head) = q.waiters.front() {
+                head.wake(true);
+            }
+        }
+    }
+
+    /// The channels that have local waiters now.
+    pub(crate) fn channels(&self) -> Vec<Arc<str>> {
+        self.map().keys().cloned().collect()
+    }
+
+    /// Number of local waiters on all keys.
+    pub(crate) fn len(&self) -> usize {
+        self.map().values().map(|q| q.waiters.len()).sum()
+    }
+}
+
+/// A waiter's place in its key's queue; leaving is automatic on drop (S14).
+pub(crate) struct Place {
+    queues: Arc<Queues>,
+    channel: Arc<str>,
+    waiter: Arc<Waiter>,
+    done: bool,
+}
+
+impl Place {
+    /// Whether this place is the head, and when the lock should be free at the latest.
+    pub(crate) fn state(&self) -> (bool, Option<Instant>) {
+        let map = self.queues.map();
+        match map.get(&self.channel) {
+            Some(q) => (
+                q.waiters
+                    .front()
+                    .is_some_and(|w| Arc::ptr_eq(w, &self.waiter)),
+                q.retry_at,
+            ),
+            None => (false, None),
+        }
+    }
+
+    /// Records when the holder's lease ends, as the head just learnt it.
+    pub(crate) fn set_retry_at(&self, at: Option<Instant>) {
+        if let Some(q) = self.queues.map().get_mut(&self.channel) {
+            q.retry_at = at;
+        }
+    }
+
+    /// Waits for a wake-up; returns whether it asks to try now.
+    pub(crate) async fn notified(&self) -> bool {
+        self.waiter.notify.notified().await;
+        self.waiter.try_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a wake-up asking to try arrived since the last one was taken.
+    pub(crate) fn take_try(&self) -> bool {
+        self.waiter.try_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// The head took the lock until `lease_end`: leave the queue; the next waiter becomes head
+    /// and waits for the release (or the lease end) without asking Redis in between.
+    pub(crate) fn acquired(mut self, lease_end: Instant) {
+        self.leave(Some(lease_end));
+    }
+
+    fn leave(&mut self, acquired_until: Option<Instant>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut map = self.queues.map();
+        let Some(q) = map.get_mut(&self.channel) else {
+            return;
+        };
+        let was_head = q
+            .waiters
+            .front()
+            .is_some_and(|w| Arc::ptr_eq(w, &self.waiter));
+        q.waiters.retain(|w| !Arc::ptr_eq(w, &self.waiter));
+        if q.waiters.is_empty() {
+            map.remove(&self.channel);
+            if let Some(hook) = &self.queues.hook {
+                hook(&self.channel, false);
+            }
+            return;
+        }
+        if was_head {
+            if let Some(until) = acquired_until {
+                q.retry_at = Some(until);
+            }
+            if let Some(next) = q.waiters.front() {
+                // After a local acquisition the lock is known to be held: the next head only
+                // re-arms its timer. A head that gave up hands on the turn to try.
+                next.wake(acquired_until.is_none());
+            }
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.leave(None);
+    }
+}
