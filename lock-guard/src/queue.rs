@@ -76,10 +76,8 @@ impl Queues {
             })
             .waiters
             .push_back(waiter.clone());
-        if first {
-            if let Some(hook) = &self.hook {
-                hook(channel, true);
-            }
+        if first && let Some(hook) = &self.hook {
+            hook(channel, true);
         }
         drop(map);
         (
@@ -95,10 +93,10 @@ impl Queues {
 
     /// A release was announced on `channel`: wake the head of its queue to try.
     pub(crate) fn wake_head(&self, channel: &str) {
-        if let Some(q) = self.map().get(channel) {
-            if let Some(head) = q.waiters.front() {
-                head.wake(true);
-            }
+        if let Some(q) = self.map().get(channel)
+            && let Some(head) = q.waiters.front()
+        {
+            head.wake(true);
         }
     }
 

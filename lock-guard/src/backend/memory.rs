@@ -48,10 +48,10 @@ impl MemoryBackend {
     pub(crate) fn try_acquire(&self, keys: &Keys, token: &str, lease: Duration) -> Attempt {
         let now = Instant::now();
         let mut st = self.state();
-        if let Some(e) = st.locks.get(&keys.lock) {
-            if e.expires > now {
-                return Attempt::Held(Some(e.expires - now));
-            }
+        if let Some(e) = st.locks.get(&keys.lock)
+            && e.expires > now
+        {
+            return Attempt::Held(Some(e.expires - now));
         }
         if st.locks.len() >= st.swept_at * 2 {
             // Forgotten locks (leases that ran out unreleased) would otherwise stay in the map.
@@ -83,10 +83,8 @@ impl MemoryBackend {
                 _ => false,
             }
         };
-        if ours {
-            if let Some(q) = self.queues.upgrade() {
-                q.wake_head(&keys.channel);
-            }
+        if ours && let Some(q) = self.queues.upgrade() {
+            q.wake_head(&keys.channel);
         }
         ours
     }

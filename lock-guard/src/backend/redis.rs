@@ -173,14 +173,13 @@ impl RedisBackend {
                 other => BackendError::Pool(other.to_string()),
             })?;
             let result = f(conn.conn.clone()).await;
-            if let Err(e) = &result {
-                if e.is_io_error()
+            if let Err(e) = &result
+                && (e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
-                    || e.is_unrecoverable_error()
-                {
-                    conn.broken = true;
-                }
+                    || e.is_unrecoverable_error())
+            {
+                conn.broken = true;
             }
             result.map_err(BackendError::Redis)
         };
