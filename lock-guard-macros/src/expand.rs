@@ -1,0 +1,350 @@
+//! Code generation (S6): the function keeps its signature; its body builds the key and options and
+//! hands the user's block, wrapped as `async move { … }`, to `::lock_guard::__private::run`.
+//!
+//! On any error, the original item is emitted unchanged next to the `compile_error!`s, so that the
+//! rest of the crate still type-checks and the user sees only the real problems.
+
+use proc_macro2::{Ident, Literal, Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::visit_mut::VisitMut;
+use syn::{Expr, Token, Type};
+
+use crate::attr::{Args, Duration, Lease};
+use crate::item::GuardedFn;
+use crate::validate::{self, Plan};
+
+/// The attribute: parse, check, generate.
+pub(crate) fn concurrency_guard(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func = match syn::parse2::<GuardedFn>(item.clone()) {
+        Ok(func) => func,
+        Err(error) => return fallback(item.clone(), not_a_function(item, error)),
+    };
+    let mut args = match syn::parse2::<Args>(args) {
+        Ok(args) => args,
+        Err(error) => return fallback(item, error),
+    };
+    match validate::check(&mut args, &func) {
+        Ok(plan) => generate(&func, &plan),
+        Err(error) => fallback(item, error),
+    }
+}
+
+/// The original item, unchanged, and the errors.
+fn fallback(item: TokenStream, error: syn::Error) -> TokenStream {
+    let error = error.into_compile_error();
+    quote!(#item #error)
+}
+
+/// The error for an item that is not a function: say where the attribute goes, unless the item is
+/// a function that syn could not parse (then its own error is the useful one).
+fn not_a_function(item: TokenStream, error: syn::Error) -> syn::Error {
+    match syn::parse2::<syn::Item>(item) {
+        Ok(syn::Item::Fn(_)) | Err(_) => error,
+        Ok(_) => syn::Error::new(
+            Span::call_site(),
+            "#[concurrency_guard] goes on an `async fn` that returns `Result<T, E>`, e.g. \
+             `#[concurrency_guard(name = \"orders\")] async fn place(order: OrderId) -> Result<(), AppError>`",
+        ),
+    }
+}
+
+fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
+    let GuardedFn {
+        attrs, vis, sig, ..
+    } = func;
+    let locks_var = Ident::new("__lock_guard_locks", Span::mixed_site());
+    let key_var = Ident::new("__lock_guard_key", Span::mixed_site());
+
+    let locks = match plan.locks {
+        Some(expr) => {
+            let expr = borrowable(expr);
+            quote_spanned!(expr.span()=> ::lock_guard::__private::locks(&#expr))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+
+    let name = plan.name;
+    let mut key = quote!(::lock_guard::__private::key(#name));
+    for part in &plan.parts {
+        let expr = &part.expr;
+        key = quote_spanned!(part.span=> ::lock_guard::__private::part(#key, &#expr));
+    }
+
+    let options = options(plan);
+
+    // A fake return edge typed by the return type, so that `?` and `return` inside the body infer
+    // against it and type errors land on the user's code (as `tracing-attributes` does).
+    let ret_span = plan.ret.span();
+    let ret = erase_impl_trait(plan.ret);
+    let fake = Ident::new(
+        "__lock_guard_return",
+        Span::mixed_site().located_at(ret_span),
+    );
+    let fake_return_edge = quote_spanned! {ret_span=>
+        #[allow(
+            unreachable_code,
+            clippy::diverging_sub_expression,
+            clippy::let_unit_value,
+            clippy::unreachable,
+            clippy::needless_return
+        )]
+        if false {
+            let #fake: #ret = ::core::unreachable!();
+            return #fake;
+        }
+    };
+    // `E: From<LockError>` is a bound of `run`: spanned on the return type, a missing `From` impl
+    // is reported there.
+    let run = quote_spanned!(ret_span=> ::lock_guard::__private::run);
+    let inner_attrs = &plan.body.inner_attrs;
+    let block = &plan.body.block;
+
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #inner_attrs
+            let #locks_var = #locks;
+            let #key_var = #key;
+            #run(#locks_var, #key_var, #options, async move {
+                #fake_return_edge
+                #block
+            })
+            .await
+        }
+    }
+}
+
+/// `::lock_guard::__private::options(wait_ms, lease_ms, timeout_ms)`, from the literals, then the
+/// builder methods for arguments given as `Duration` expressions.
+fn options(plan: &Plan<'_>) -> TokenStream {
+    fn millis(d: Option<&Duration>, default: Option<u64>) -> Option<u64> {
+        match d {
+            Some(Duration::Literal { millis, .. }) => Some(*millis),
+            Some(Duration::Expr(_)) | None => default,
+        }
+    }
+    fn some(ms: Option<u64>) -> TokenStream {
+        match ms {
+            Some(ms) => {
+                let ms = Literal::u64_unsuffixed(ms);
+                quote!(::core::option::Option::Some(#ms))
+            }
+            None => quote!(::core::option::Option::None),
+        }
+    }
+    let wait = Literal::u64_unsuffixed(millis(plan.wait, Some(5_000)).unwrap_or(5_000));
+    let lease = match plan.lease {
+        Some(Lease::Watchdog) => None,
+        Some(Lease::Duration(d)) => millis(Some(d), Some(3_000)),
+        None => Some(3_000),
+    };
+    let timeout = some(millis(plan.timeout, None));
+    let lease = some(lease);
+    let mut options = quote!(::lock_guard::__private::options(#wait, #lease, #timeout));
+    let expressions = [
+        ("wait", plan.wait),
+        (
+            "lease",
+            match plan.lease {
+                Some(Lease::Duration(d)) => Some(d),
+                _ => None,
+            },
+        ),
+        ("timeout", plan.timeout),
+    ];
+    for (method, duration) in expressions {
+        if let Some(Duration::Expr(expr)) = duration {
+            let method = Ident::new(method, expr.span());
+            options = quote_spanned!(expr.span()=> #options.#method(#expr));
+        }
+    }
+    options
+}
+
+/// An expression that `&` borrows whole: parenthesized unless it is a place, call or literal.
+fn borrowable(expr: &Expr) -> TokenStream {
+    match expr {
+        Expr::Path(_)
+        | Expr::Field(_)
+        | Expr::MethodCall(_)
+        | Expr::Call(_)
+        | Expr::Lit(_)
+        | Expr::Index(_)
+        | Expr::Paren(_)
+        | Expr::Macro(_)
+        | Expr::Tuple(_)
+        | Expr::Reference(_) => expr.to_token_stream(),
+        _ => quote!((#expr)),
+    }
+}
+
+/// Replaces every `impl Trait` in a type with `_`, so it can annotate a `let`.
+fn erase_impl_trait(ty: &Type) -> Type {
+    struct Eraser;
+    impl VisitMut for Eraser {
+        fn visit_type_mut(&mut self, ty: &mut Type) {
+            if let Type::ImplTrait(impl_trait) = ty {
+                *ty = Type::Infer(syn::TypeInfer {
+                    underscore_token: Token![_](impl_trait.span()),
+                });
+            } else {
+                syn::visit_mut::visit_type_mut(self, ty);
+            }
+        }
+    }
+    let mut ty = ty.clone();
+    Eraser.visit_type_mut(&mut ty);
+    ty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(args: TokenStream, item: TokenStream) -> String {
+        concurrency_guard(args, item).to_string()
+    }
+
+    #[test]
+    fn readme_example() {
+        let out = expand(
+            quote!(name = "keyword", wait = 5s, lease = 3s),
+            quote! {
+                async fn add_keyword(user: UserId, word: String, db: &Db) -> Result<Keyword, AppError> {
+                    Ok(k)
+                }
+            },
+        );
+        let expected = quote! {
+            async fn add_keyword(user: UserId, word: String, db: &Db) -> Result<Keyword, AppError> {
+                let __lock_guard_locks = ::core::option::Option::None;
+                let __lock_guard_key = ::lock_guard::__private::part(::lock_guard::__private::key("keyword"), &user);
+                ::lock_guard::__private::run(
+                    __lock_guard_locks,
+                    __lock_guard_key,
+                    ::lock_guard::__private::options(5000, ::core::option::Option::Some(3000), ::core::option::Option::None),
+                    async move {
+                        #[allow(
+                            unreachable_code,
+                            clippy::diverging_sub_expression,
+                            clippy::let_unit_value,
+                            clippy::unreachable,
+                            clippy::needless_return
+                        )]
+                        if false {
+                            let __lock_guard_return: Result<Keyword, AppError> = ::core::unreachable!();
+                            return __lock_guard_return;
+                        }
+                        { Ok(k) }
+                    }
+                )
+                .await
+            }
+        };
+        assert_eq!(out, expected.to_string());
+    }
+
+    #[test]
+    fn durations_as_expressions_use_the_builder() {
+        let out = expand(
+            quote!(
+                name = "n",
+                wait = WAIT,
+                lease = Duration::from_secs(9),
+                timeout = 1s
+            ),
+            quote!(
+                async fn f(a: u8) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                &quote!(
+                    ::lock_guard::__private::options(
+                        5000,
+                        ::core::option::Option::Some(3000),
+                        ::core::option::Option::Some(1000)
+                    )
+                    .wait(WAIT)
+                    .lease(Duration::from_secs(9))
+                )
+                .to_string()
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn watchdog_locks_and_tuple_key() {
+        let out = expand(
+            quote!(
+                name = "t",
+                lease = watchdog,
+                key = (self.id, other + 1),
+                locks = self.locks
+            ),
+            quote!(
+                async fn f(self, other: u8) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        for expected in [
+            quote!(let __lock_guard_locks = ::lock_guard::__private::locks(&self.locks);),
+            quote!(::lock_guard::__private::part(
+                ::lock_guard::__private::part(::lock_guard::__private::key("t"), &self.id),
+                &(other + 1)
+            )),
+            quote!(::lock_guard::__private::options(
+                5000,
+                ::core::option::Option::None,
+                ::core::option::Option::None
+            )),
+        ] {
+            assert!(out.contains(&expected.to_string()), "{expected} in {out}");
+        }
+    }
+
+    #[test]
+    fn impl_trait_is_erased_in_the_fake_return() {
+        let out = expand(
+            quote!(name = "n"),
+            quote!(
+                async fn f(a: u8) -> Result<impl Display, E> {
+                    Ok(a)
+                }
+            ),
+        );
+        assert!(
+            out.contains(&quote!(let __lock_guard_return: Result<_, E>).to_string()),
+            "{out}"
+        );
+        assert!(
+            out.contains(&quote!(-> Result<impl Display, E>).to_string()),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_original_item() {
+        let item = quote!(
+            fn f(a: u8) -> Result<(), E> {
+                Ok(())
+            }
+        );
+        let out = expand(quote!(name = "n"), item.clone());
+        assert!(out.starts_with(&item.to_string()), "{out}");
+        assert!(out.contains("compile_error"), "{out}");
+        let item = quote!(
+            struct S;
+        );
+        let out = expand(quote!(name = "n"), item.clone());
+        assert!(
+            out.starts_with(&item.to_string()) && out.contains("goes on an `async fn`"),
+            "{out}"
+        );
+    }
+}

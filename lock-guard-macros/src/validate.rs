@@ -1,0 +1,455 @@
+//! Checks the arguments against the function (S1–S3, S5) and resolves what the expansion needs:
+//! the key's parts, the options, the return type. Every error points at the offending token and
+//! says what to write instead; all errors found are reported together.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::spanned::Spanned as _;
+use syn::{Expr, FnArg, LitStr, Pat, ReturnType, Type, TypePath};
+
+use crate::attr::{Args, Duration, Lease};
+use crate::item::{Body, GuardedFn};
+
+/// What the expansion is built from.
+pub(crate) struct Plan<'a> {
+    pub(crate) name: &'a LitStr,
+    /// The key's parts, in order: each an expression to take by reference, and where to report a
+    /// part that is not `Display`.
+    pub(crate) parts: Vec<Part>,
+    pub(crate) locks: Option<&'a Expr>,
+    pub(crate) wait: Option<&'a Duration>,
+    /// `None`: the default lease.
+    pub(crate) lease: Option<&'a Lease>,
+    pub(crate) timeout: Option<&'a Duration>,
+    pub(crate) ret: &'a Type,
+    pub(crate) body: &'a Body,
+}
+
+pub(crate) struct Part {
+    pub(crate) expr: TokenStream,
+    pub(crate) span: Span,
+}
+
+/// Collects errors, so that one build reports all of them.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(errors) => errors.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    fn at(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, message));
+    }
+}
+
+pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<'a>, syn::Error> {
+    let mut errors = Errors::default();
+    if let Some(e) = args.errors.take() {
+        errors.push(e);
+    }
+    let sig = &func.sig;
+
+    // S1: placement
+    if let Some(constness) = &sig.constness {
+        errors.at(
+            constness.span,
+            "#[concurrency_guard] cannot guard a `const fn`: it awaits a lock at run time. Remove `const` and write `async fn`",
+        );
+    }
+    if sig.asyncness.is_none() {
+        errors.at(
+            sig.fn_token.span,
+            format!(
+                "#[concurrency_guard] needs an `async fn`: taking the lock is awaited. Write `async fn {}(…)`",
+                sig.ident
+            ),
+        );
+    }
+    if func.body.is_none() {
+        let at = func
+            .semi
+            .as_ref()
+            .map_or_else(|| sig.span(), |semi| semi.span);
+        errors.at(
+            at,
+            "#[concurrency_guard] needs the function's body `{ … }`: put it on the implementation of this method, not on its declaration",
+        );
+    }
+    let ret = match &sig.output {
+        ReturnType::Type(_, ty) if is_result(ty) => Some(&**ty),
+        ReturnType::Type(_, ty) => {
+            errors.at(
+                ty.span(),
+                format!(
+                    "#[concurrency_guard] needs a function that returns `Result<T, E>` with `E: From<lock_guard::LockError>`, \
+                     so that a lock failure can come back as an error: write `-> Result<{}, YourError>`",
+                    ty.to_token_stream()
+                ),
+            );
+            None
+        }
+        ReturnType::Default => {
+            errors.at(
+                sig.paren_token.span.close(),
+                "#[concurrency_guard] needs a function that returns `Result<T, E>` with `E: From<lock_guard::LockError>`, \
+                 so that a lock failure can come back as an error: add `-> Result<(), YourError>`",
+            );
+            None
+        }
+    };
+
+    // S2: the name
+    if args.name.is_none() {
+        errors.at(
+            Span::call_site(),
+            "#[concurrency_guard] needs a `name`, the lock's namespace: `#[concurrency_guard(name = \"orders\")]`",
+        );
+    }
+
+    // S2: a literal timeout must be shorter than a literal (or the default) lease
+    if let Some(Duration::Literal {
+        millis: timeout,
+        text: timeout_text,
+        span,
+    }) = &args.timeout
+    {
+        match &args.lease {
+            Some(Lease::Duration(Duration::Literal {
+                millis: lease,
+                text: lease_text,
+                ..
+            })) if timeout >= lease => errors.at(
+                *span,
+                format!(
+                    "`timeout = {timeout_text}` must be shorter than `lease = {lease_text}`: the body has to finish while the lock is still held. \
+                     Shorten the timeout (e.g. `timeout = {}`), lengthen the lease, or use `lease = watchdog`",
+                    suggest(*lease)
+                ),
+            ),
+            None if *timeout >= DEFAULT_LEASE_MS => errors.at(
+                *span,
+                format!(
+                    "`timeout = {timeout_text}` must be shorter than the lease, and the default lease is 3s: the body has to finish while the lock is still held. \
+                     Give a longer lease, e.g. `lease = {}`, or use `lease = watchdog`",
+                    longer(*timeout)
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    // S3: the key
+    let parts = match &args.key {
+        Some(Expr::Tuple(tuple)) if tuple.elems.is_empty() => {
+            errors.at(
+                tuple.span(),
+                "an empty key would make every call share one lock; give the key's parts: `key = (a, b)`",
+            );
+            Vec::new()
+        }
+        Some(Expr::Tuple(tuple)) => tuple.elems.iter().map(part).collect(),
+        Some(expr) => vec![part(expr)],
+        None => match sig.inputs.iter().find_map(|arg| match arg {
+            FnArg::Typed(typed) => Some(typed),
+            FnArg::Receiver(_) => None,
+        }) {
+            Some(typed) => match &*typed.pat {
+                Pat::Ident(pat) => vec![Part {
+                    expr: pat.ident.to_token_stream(),
+                    span: pat.ident.span(),
+                }],
+                Pat::Wild(wild) => {
+                    errors.at(
+                        wild.span(),
+                        "the lock key is taken from the first argument, and `_` has no value to use: \
+                         name the argument, or say what the key is with `key = …`, e.g. `#[concurrency_guard(name = \"…\", key = order.id)]`",
+                    );
+                    Vec::new()
+                }
+                pat => {
+                    errors.at(
+                        pat.span(),
+                        "the lock key is taken from the first argument, and a pattern has no single value to use: \
+                         say what the key is with `key = …`, e.g. `#[concurrency_guard(name = \"…\", key = (a, b))]`, or bind the argument to a name",
+                    );
+                    Vec::new()
+                }
+            },
+            None => {
+                errors.at(
+                    sig.paren_token.span.join(),
+                    "the lock key is taken from the first argument that is not `self`, and this function has none: \
+                     say what the key is with `key = …`, e.g. `#[concurrency_guard(name = \"…\", key = self.id)]`",
+                );
+                Vec::new()
+            }
+        },
+    };
+
+    match (errors.0, ret, &func.body, &args.name) {
+        (None, Some(ret), Some(body), Some(name)) => Ok(Plan {
+            name,
+            parts,
+            locks: args.locks.as_ref(),
+            wait: args.wait.as_ref(),
+            lease: args.lease.as_ref(),
+            timeout: args.timeout.as_ref(),
+            ret,
+            body,
+        }),
+        (Some(errors), ..) => Err(errors),
+        // every `None` above has recorded an error
+        _ => unreachable!("a missing piece without an error"),
+    }
+}
+
+const DEFAULT_LEASE_MS: u64 = 3_000;
+
+/// Whether a return type is syntactically a `Result`: `Result<T, E>`, `std::result::Result<T, E>`,
+/// or an alias whose name ends in `Result` (`io::Result<T>`, `AppResult<T>`). Whether its error
+/// type converts from `LockError` is left to the type checker.
+fn is_result(ty: &Type) -> bool {
+    match ty {
+        Type::Path(TypePath { qself: None, path }) => path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident.to_string().ends_with("Result")),
+        Type::Paren(paren) => is_result(&paren.elem),
+        Type::Group(group) => is_result(&group.elem),
+        _ => false,
+    }
+}
+
+/// One key part: the expression, parenthesized unless it is a simple place or call, so that
+/// `&#expr` borrows all of it.
+fn part(expr: &Expr) -> Part {
+    let simple = matches!(
+        expr,
+        Expr::Path(_)
+            | Expr::Field(_)
+            | Expr::MethodCall(_)
+            | Expr::Call(_)
+            | Expr::Lit(_)
+            | Expr::Index(_)
+            | Expr::Paren(_)
+            | Expr::Macro(_)
+            | Expr::Tuple(_)
+            | Expr::Reference(_)
+    );
+    Part {
+        expr: if simple {
+            expr.to_token_stream()
+        } else {
+            quote!((#expr))
+        },
+        span: expr.span(),
+    }
+}
+
+/// A timeout to suggest for a lease: two thirds of it, written as a literal.
+fn suggest(lease_ms: u64) -> String {
+    format_millis(lease_ms * 2 / 3)
+}
+
+/// A lease to suggest for a timeout: half again as long.
+fn longer(timeout_ms: u64) -> String {
+    format_millis(timeout_ms.saturating_add(timeout_ms / 2).max(1))
+}
+
+fn format_millis(ms: u64) -> String {
+    if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn check_err(args: TokenStream, func: TokenStream) -> String {
+        let mut args: Args = syn::parse2(args).unwrap();
+        let func: GuardedFn = syn::parse2(func).unwrap();
+        match check(&mut args, &func) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    fn parts(args: TokenStream, func: TokenStream) -> Vec<String> {
+        let mut args: Args = syn::parse2(args).unwrap();
+        let func: GuardedFn = syn::parse2(func).unwrap();
+        let plan = check(&mut args, &func).unwrap_or_else(|e| panic!("{e}"));
+        plan.parts.iter().map(|p| p.expr.to_string()).collect()
+    }
+
+    #[test]
+    fn key_from_first_argument_not_self() {
+        let f = quote!(
+            async fn f(&self, user: u32, word: String) -> Result<(), E> {}
+        );
+        assert_eq!(parts(quote!(name = "a"), f), ["user"]);
+        let f = quote!(
+            async fn f(mut user: u32) -> Result<(), E> {}
+        );
+        assert_eq!(parts(quote!(name = "a"), f), ["user"]);
+    }
+
+    #[test]
+    fn key_argument() {
+        let f = quote!(
+            async fn f((a, b): (u32, u32)) -> Result<(), E> {}
+        );
+        assert_eq!(
+            parts(quote!(name = "a", key = (a, b.id, a + b)), f.clone()),
+            ["a", "b . id", "(a + b)"]
+        );
+        assert_eq!(
+            parts(quote!(name = "a", key = lock_guard::unordered(a, b)), f),
+            ["lock_guard :: unordered (a , b)"]
+        );
+    }
+
+    #[test]
+    fn placement_errors() {
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                fn f(a: u32) -> Result<(), E> {}
+            ),
+        );
+        assert!(e.contains("needs an `async fn`"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                const async fn f(a: u32) -> Result<(), E> {}
+            ),
+        );
+        assert!(e.contains("Remove `const`"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f(a: u32) -> Result<(), E>;
+            ),
+        );
+        assert!(e.contains("needs the function's body"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f(a: u32) -> u32 {}
+            ),
+        );
+        assert!(e.contains("write `-> Result<u32, YourError>`"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f(a: u32) {}
+            ),
+        );
+        assert!(e.contains("add `-> Result<(), YourError>`"), "{e}");
+    }
+
+    #[test]
+    fn result_aliases_are_accepted() {
+        for ret in [
+            quote!(std::result::Result<u8, E>),
+            quote!(io::Result<u8>),
+            quote!(AppResult<u8>),
+        ] {
+            let f = quote!(async fn f(a: u32) -> #ret {});
+            assert_eq!(parts(quote!(name = "a"), f), ["a"]);
+        }
+    }
+
+    #[test]
+    fn key_errors() {
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f((a, b): (u8, u8)) -> Result<(), E> {}
+            ),
+        );
+        assert!(e.contains("a pattern has no single value"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f(_: u8) -> Result<(), E> {}
+            ),
+        );
+        assert!(e.contains("`_` has no value"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f(&self) -> Result<(), E> {}
+            ),
+        );
+        assert!(e.contains("this function has none"), "{e}");
+        let e = check_err(
+            quote!(name = "a", key = ()),
+            quote!(
+                async fn f(&self) -> Result<(), E> {}
+            ),
+        );
+        assert!(e.contains("an empty key"), "{e}");
+    }
+
+    #[test]
+    fn timeout_shorter_than_lease() {
+        let f = quote!(
+            async fn f(a: u32) -> Result<(), E> {}
+        );
+        let e = check_err(quote!(name = "a", lease = 3s, timeout = 3s), f.clone());
+        assert!(
+            e.contains("`timeout = 3s` must be shorter than `lease = 3s`"),
+            "{e}"
+        );
+        assert!(e.contains("e.g. `timeout = 2s`"), "{e}");
+        let e = check_err(quote!(name = "a", timeout = 5s), f.clone());
+        assert!(e.contains("the default lease is 3s"), "{e}");
+        assert_eq!(
+            parts(quote!(name = "a", lease = 3s, timeout = 2999ms), f.clone()),
+            ["a"]
+        );
+        assert_eq!(
+            parts(
+                quote!(name = "a", lease = watchdog, timeout = 1m),
+                f.clone()
+            ),
+            ["a"]
+        );
+        assert_eq!(
+            parts(quote!(name = "a", lease = LEASE, timeout = 1m), f),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn all_errors_at_once() {
+        let e = check_err(
+            quote!(wait = 1x),
+            quote!(
+                fn f(_: u8) -> u8 {}
+            ),
+        );
+        for expected in [
+            "unknown unit",
+            "needs an `async fn`",
+            "returns `Result",
+            "needs a `name`",
+            "`_` has no value",
+        ] {
+            assert!(e.contains(expected), "{expected} in {e}");
+        }
+    }
+}
