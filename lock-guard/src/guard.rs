@@ -177,6 +177,20 @@ async fn release(h: &Held) -> Result<bool, LockError> {
     Ok(released)
 }
 
+/// Releases `token`'s hold on `keys` from a task on the current runtime, if there is one; quiet,
+/// since the lock may well not be held.
+pub(crate) fn spawn_release(manager: LockManager, keys: Arc<Keys>, token: String) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            match manager.inner.backend.release(&keys, &token).await {
+                Ok(true) => tracing::debug!(key = %keys.lock, "released a lock granted to a cancelled acquisition"),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(key = %keys.lock, error = %e, "release after a cancelled acquisition failed"),
+            }
+        });
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let Some(h) = self.held.take() else {

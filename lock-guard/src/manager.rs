@@ -374,11 +374,7 @@ impl LockManager {
         let mut held_for = None;
         if options.wait.is_zero() || !inner.queues.has_waiters(&keys.channel) {
             let sent = Instant::now();
-            match inner
-                .backend
-                .try_acquire(&keys, token.as_str(), lease)
-                .await?
-            {
+            match self.attempt(&keys, &token, lease).await? {
                 Attempt::Acquired(fence) => {
                     return Ok(LockGuard::new(
                         self.clone(),
@@ -389,10 +385,7 @@ impl LockManager {
                         sent,
                     ));
                 }
-                Attempt::Held(pttl) if options.wait.is_zero() => {
-                    let _ = pttl;
-                    return Err(not_acquired(&keys));
-                }
+                Attempt::Held(_) if options.wait.is_zero() => return Err(not_acquired(&keys)),
                 Attempt::Held(pttl) => held_for = Some(pttl),
             }
         }
@@ -414,11 +407,7 @@ impl LockManager {
             let (head, retry_at) = place.state();
             if head && must_try {
                 let sent = Instant::now();
-                match inner
-                    .backend
-                    .try_acquire(&keys, token.as_str(), lease)
-                    .await?
-                {
+                match self.attempt(&keys, &token, lease).await? {
                     Attempt::Acquired(fence) => {
                         place.acquired(sent + lease);
                         return Ok(LockGuard::new(
@@ -458,6 +447,47 @@ impl LockManager {
                 }
             }
         }
+    }
+
+    /// One try. If the caller gives the future up while the request is in flight, or the request
+    /// times out, Redis may have granted the lock to a token nobody holds any more: release it
+    /// (owner-checked, so harmless when it was not granted) rather than leave it for the lease.
+    async fn attempt(
+        &self,
+        keys: &Arc<Keys>,
+        token: &Token,
+        lease: Duration,
+    ) -> Result<Attempt, LockError> {
+        struct Fuse<'a> {
+            manager: &'a LockManager,
+            keys: &'a Arc<Keys>,
+            token: &'a Token,
+            armed: bool,
+        }
+        impl Drop for Fuse<'_> {
+            fn drop(&mut self) {
+                if self.armed {
+                    crate::guard::spawn_release(
+                        self.manager.clone(),
+                        self.keys.clone(),
+                        self.token.as_str().to_owned(),
+                    );
+                }
+            }
+        }
+        let mut fuse = Fuse {
+            manager: self,
+            keys,
+            token,
+            armed: true,
+        };
+        let r = self
+            .inner
+            .backend
+            .try_acquire(keys, token.as_str(), lease)
+            .await;
+        fuse.armed = matches!(&r, Err(e) if e.is_timeout());
+        r
     }
 
     /// Runs `body` under the lock: the closure form, exactly what `#[concurrency_guard]` expands
