@@ -1,4 +1,92 @@
-//! lock-guard
+//! Distributed locks on Redis, driven by one attribute.
+//!
+//! ```
+//! use lock_guard::{concurrency_guard, LockError, LockManager};
+//!
+//! #[derive(Debug)]
+//! enum AppError {
+//!     Lock(LockError),
+//! }
+//!
+//! impl From<LockError> for AppError {
+//!     fn from(e: LockError) -> Self {
+//!         AppError::Lock(e)
+//!     }
+//! }
+//!
+//! /// At most one call per `user` at a time, across every instance sharing the lock service.
+//! #[concurrency_guard(name = "keyword", wait = 5s, lease = 3s)]
+//! async fn add_keyword(user: u64, word: String) -> Result<String, AppError> {
+//!     // check-then-insert, safely: no other call for the same `user` runs right now,
+//!     // and this body is dropped at its deadline (2s here), before the lease runs out.
+//!     Ok(format!("{user}:{word}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), AppError> {
+//! // In production: LockManager::redis("redis://127.0.0.1:6379").await?
+//! lock_guard::set_default(LockManager::memory());
+//! assert_eq!(add_keyword(7, "rust".into()).await?, "7:rust");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The attribute derives the lock key from the first argument (`lock:{keyword:7}` in Redis), waits
+//! for the lock up to `wait` without polling (a release wakes the next waiter through pub/sub), runs
+//! the body under a deadline shorter than the lease — so a transaction opened inside commits or rolls
+//! back before the lock can expire — and releases the lock after the body, however it ends.
+//!
+//! # The pieces
+//!
+//! - [`concurrency_guard`]: the attribute; every argument is described there.
+//! - [`LockManager`]: Redis ([`LockManager::redis`], [`LockManager::builder`]) or in-process
+//!   ([`LockManager::memory`]); [`set_default`] sets the one the attribute uses without `locks = …`.
+//! - [`LockManager::lock`] and [`LockGuard`]: the same lock by hand; [`LockManager::run`]: the closure
+//!   form the attribute expands to.
+//! - [`fencing_token`]: a number that increases with every acquisition of a key, for storage that
+//!   must turn away a holder whose lease expired.
+//! - [`LockError`]: what can go wrong, each naming the key.
+//!
+//! # Semantics
+//!
+//! - **Mutual exclusion** per key across every process on the same Redis, while the lease holds.
+//!   A holder that crashes frees the key when its lease ends.
+//! - **Deadline**: the body runs until the earlier of `timeout` after acquisition and the lease's
+//!   validity (`lease − (1 % of lease + 2 ms)`, from when the acquire request was sent), on a
+//!   monotonic clock. At the deadline the body's future is dropped and the call returns
+//!   [`LockError::Deadline`]; the lock is released after.
+//! - **Waiting** without polling: one subscriber connection per manager; within a process, waiters
+//!   queue per key in arrival order and only the head asks Redis.
+//! - **Watchdog** (`lease = watchdog`): the lock is renewed every third of the manager's watchdog
+//!   lease while the body runs; a renewal that finds it gone drops the body with [`LockError::Lost`].
+//! - **Reentrancy**: a guarded call nested in a guarded body, in the same task, on the same manager
+//!   and key, runs at once. A spawned task is a different owner.
+//! - **Cancellation and panics**: a dropped waiter leaves its queue; a dropped holder or a panicking
+//!   body releases the lock from a spawned task at once, not at the lease's end.
+//! - **Bounded failures**: every Redis command has a timeout ([`LockManagerBuilder::command_timeout`]);
+//!   a Redis that is down or paused gives [`LockError::Backend`], never a hang. Passwords never appear
+//!   in `Debug`, `Display` or logs.
+//!
+//! # Redis layout
+//!
+//! For a lock `keyword` on user `42`, with the default prefix:
+//!
+//! | key | holds |
+//! |---|---|
+//! | `lock:{keyword:42}` | the owner's random 128-bit token, expiring with the lease |
+//! | `lock:{keyword:42}:fence` | the last fencing token, expiring a minute after the last acquisition |
+//! | `lock:{keyword:42}:released` | (a pub/sub channel) a message on each release |
+//!
+//! `:`, `{`, `}` and `%` inside the name and parts are percent-escaped, so different keys never
+//! collide; the braces are a Redis Cluster hash tag that keeps the three in one slot. Acquire,
+//! release and renew are Lua scripts called with `EVALSHA` (reloaded on `NOSCRIPT`): an uncontended
+//! acquisition and its release are one round trip each.
+//!
+//! # Features
+//!
+//! - `tls`: `rediss://` URLs, through rustls (ring).
+#![warn(missing_docs)]
+
 mod backend;
 mod context;
 mod error;
