@@ -62,3 +62,20 @@ where
     };
     manager.run(&key, options, body).await
 }
+
+// ---- macro support ----
+
+/// The error type of a guarded function: a lock failure must convert into it (S5).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot carry a lock failure: it does not implement `From<lock_guard::LockError>`",
+    label = "the error type of a #[concurrency_guard] function must convert from `lock_guard::LockError`",
+    note = "add `impl From<lock_guard::LockError> for {Self}` (with thiserror: a variant `Lock(#[from] lock_guard::LockError)`), or return `Result<_, lock_guard::LockError>`"
+)]
+pub trait GuardError: From<LockError> {}
+
+impl<E: From<LockError>> GuardError for E {}
+
+/// Checks, on the function's return type, that its error type is a [`GuardError`]; the expansion
+/// calls it in unreachable code, only for the type checker.
+#[inline]
+pub fn check_return<T, E: GuardError>(_: &Result<T, E>) {}
