@@ -26,6 +26,13 @@ pub(crate) fn concurrency_guard(args: TokenStream, item: TokenStream) -> TokenSt
     };
     match validate::check(&mut args, &func) {
         Ok(plan) => generate(&func, &plan),
+        // rustc rejects `const async fn` itself; emit the function without `const`, so that the
+        // error about it is ours alone
+        Err(error) if func.sig.constness.is_some() && func.sig.asyncness.is_some() => {
+            let mut func = func;
+            func.sig.constness = None;
+            fallback(func.into_token_stream(), error)
+        }
         Err(error) => fallback(item, error),
     }
 }
@@ -77,10 +84,9 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     // against it and type errors land on the user's code (as `tracing-attributes` does).
     let ret_span = plan.ret.span();
     let ret = erase_impl_trait(plan.ret);
-    let fake = Ident::new(
-        "__lock_guard_return",
-        Span::mixed_site().located_at(ret_span),
-    );
+    // Call-site hygiene, not mixed-site: rustc then reports errors about this value on the return
+    // type rather than on the attribute. It lives only in its own block, so it cannot clash.
+    let fake = Ident::new("__lock_guard_return", ret_span);
     let fake_return_edge = quote_spanned! {ret_span=>
         #[allow(
             unreachable_code,
@@ -91,14 +97,21 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
         )]
         if false {
             let #fake: #ret = ::core::unreachable!();
+            ::lock_guard::__private::check_return(&#fake);
             return #fake;
         }
     };
-    // `E: From<LockError>` is a bound of `run`: spanned on the return type, a missing `From` impl
-    // is reported there.
-    let run = quote_spanned!(ret_span=> ::lock_guard::__private::run);
     let inner_attrs = &plan.body.inner_attrs;
     let block = &plan.body.block;
+    // `check_return` above and `run` both need `E: From<LockError>`; with the call spanned on the
+    // return type too, rustc reports only the first, with its message, on the return type.
+    let run = quote_spanned! {ret_span=>
+        ::lock_guard::__private::run(#locks_var, #key_var, #options, async move {
+            #fake_return_edge
+            #block
+        })
+        .await
+    };
 
     quote! {
         #(#attrs)*
@@ -106,11 +119,7 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
             #inner_attrs
             let #locks_var = #locks;
             let #key_var = #key;
-            #run(#locks_var, #key_var, #options, async move {
-                #fake_return_edge
-                #block
-            })
-            .await
+            #run
         }
     }
 }
@@ -234,6 +243,7 @@ mod tests {
                         )]
                         if false {
                             let __lock_guard_return: Result<Keyword, AppError> = ::core::unreachable!();
+                            ::lock_guard::__private::check_return(&__lock_guard_return);
                             return __lock_guard_return;
                         }
                         { Ok(k) }

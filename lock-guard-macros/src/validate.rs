@@ -83,14 +83,14 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
     let ret = match &sig.output {
         ReturnType::Type(_, ty) if is_result(ty) => Some(&**ty),
         ReturnType::Type(_, ty) => {
-            errors.at(
-                ty.span(),
+            errors.push(syn::Error::new_spanned(
+                ty,
                 format!(
                     "#[concurrency_guard] needs a function that returns `Result<T, E>` with `E: From<lock_guard::LockError>`, \
                      so that a lock failure can come back as an error: write `-> Result<{}, YourError>`",
-                    ty.to_token_stream()
+                    pretty(ty)
                 ),
-            );
+            ));
             None
         }
         ReturnType::Default => {
@@ -172,11 +172,11 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
                     Vec::new()
                 }
                 pat => {
-                    errors.at(
-                        pat.span(),
+                    errors.push(syn::Error::new_spanned(
+                        pat,
                         "the lock key is taken from the first argument, and a pattern has no single value to use: \
                          say what the key is with `key = …`, e.g. `#[concurrency_guard(name = \"…\", key = (a, b))]`, or bind the argument to a name",
-                    );
+                    ));
                     Vec::new()
                 }
             },
@@ -223,6 +223,23 @@ fn is_result(ty: &Type) -> bool {
         Type::Group(group) => is_result(&group.elem),
         _ => false,
     }
+}
+
+/// A type as a user would write it (`Option<u64>`, not `Option < u64 >`), for messages.
+fn pretty(ty: &Type) -> String {
+    let mut text = ty.to_token_stream().to_string();
+    for (from, to) in [
+        (" <", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        (" :: ", "::"),
+        (":: ", "::"),
+        ("& ", "&"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
 }
 
 /// One key part: the expression, parenthesized unless it is a simple place or call, so that
@@ -351,6 +368,16 @@ mod tests {
             ),
         );
         assert!(e.contains("write `-> Result<u32, YourError>`"), "{e}");
+        let e = check_err(
+            quote!(name = "a"),
+            quote!(
+                async fn f(a: u32) -> Option<&'static std::string::String> {}
+            ),
+        );
+        assert!(
+            e.contains("write `-> Result<Option<&'static std::string::String>, YourError>`"),
+            "{e}"
+        );
         let e = check_err(
             quote!(name = "a"),
             quote!(

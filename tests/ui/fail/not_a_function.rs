@@ -1,0 +1,6 @@
+use lock_guard::concurrency_guard;
+
+#[concurrency_guard(name = "orders")]
+struct Orders;
+
+fn main() {}

@@ -1,0 +1,9 @@
+use lock_guard::{LockError, concurrency_guard};
+
+#[concurrency_guard(name = "orders", ttl = 3s)]
+async fn place(order: u64) -> Result<(), LockError> {
+    let _ = order;
+    Ok(())
+}
+
+fn main() {}
