@@ -1,1 +1,366 @@
-fn main() {}
+//! Keyword-add dedupe: duplicate "add keyword" requests against several instances, without and
+//! with `#[concurrency_guard]`.
+//!
+//! ```text
+//! cargo run --example keyword_dedupe
+//! ```
+//!
+//! needs nothing installed: an embedded SQLite (in memory, through sqlx) and
+//! `LockManager::memory()`, two app instances in this process on loopback ports sharing one lock
+//! manager (as instances share one lock service).
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379 DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo run --example keyword_dedupe [-- --instances 3]
+//! ```
+//!
+//! runs the instances as separate OS processes (this program, re-executed with `--serve`), each
+//! with its own `LockManager` on Redis and its own pool to PostgreSQL: the lock holds across
+//! processes. Tables are named for the run and dropped at the end. Other options:
+//!
+//! ```text
+//! --serve [--port N] [--tables PREFIX]   serve one instance (prints `listening on http://…`)
+//! --target URL (repeat)                  drive instances started elsewhere instead
+//! --bursts N --users N --keywords N --copies N --work-ms N
+//! ```
+//!
+//! The table on stdout: per route, requests, answers (201 new, 200 existing, 409 lock busy), rows
+//! stored, duplicates, errors (database conflicts, deadlocks, timeouts, other), p50/p99 latency.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lock_guard_examples::db::{Db, Tables};
+use lock_guard_examples::driver::{BurstPlan, Driver, PhaseReport, Progress, Route, table};
+use lock_guard_examples::instance::Instance;
+use lock_guard_examples::keyword::{DEFAULT_WORK, KeywordService};
+use lock_guard_examples::setup::{
+    BoxError, DbSetup, LISTENING, LockSetup, ServerProcess, Setup, start_instances,
+};
+
+/// The command line.
+#[derive(Debug)]
+struct Args {
+    serve: bool,
+    port: u16,
+    tables: Option<String>,
+    exit_with_parent: bool,
+    targets: Vec<String>,
+    instances: Option<usize>,
+    plan: BurstPlan,
+    work: Duration,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        serve: false,
+        port: 0,
+        tables: None,
+        exit_with_parent: false,
+        targets: Vec::new(),
+        instances: None,
+        plan: BurstPlan::DEMO,
+        work: DEFAULT_WORK,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let mut number = |name: &str| -> Result<usize, String> {
+            let v = value(name)?;
+            v.parse()
+                .map_err(|_| format!("{name} takes a number, not `{v}`"))
+        };
+        match arg.as_str() {
+            "--serve" => args.serve = true,
+            "--port" => args.port = number("--port")?.try_into().map_err(|_| "bad --port")?,
+            "--tables" => args.tables = Some(value("--tables")?),
+            "--exit-with-parent" => args.exit_with_parent = true,
+            "--target" => args.targets.push(value("--target")?.trim_end_matches('/').to_owned()),
+            "--instances" => args.instances = Some(number("--instances")?.max(1)),
+            "--bursts" => args.plan.bursts = number("--bursts")?.max(1),
+            "--users" => args.plan.users = number("--users")?.max(1),
+            "--keywords" => args.plan.keywords = number("--keywords")?.max(1),
+            "--copies" => args.plan.copies = number("--copies")?.max(1),
+            "--work-ms" => args.work = Duration::from_millis(number("--work-ms")? as u64),
+            "-h" | "--help" => {
+                return Err("usage: see the top of examples/keyword_dedupe.rs".to_owned());
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if args.serve {
+        serve(args).await
+    } else {
+        drive(args).await
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--serve`: one instance, until killed (or, with `--exit-with-parent`, until stdin closes).
+async fn serve(args: Args) -> Result<ExitCode, BoxError> {
+    let setup = Setup::from_env();
+    let locks = setup.lock_managers(1).await?.remove(0);
+    let db = match (&setup.db, &args.tables) {
+        (DbSetup::Url(url), Some(prefix)) => Db::open(url, Tables::new(prefix)).await?,
+        (DbSetup::Url(url), None) => {
+            let db = Db::open(url, Tables::new("keyword_demo_")).await?;
+            db.create_tables().await?;
+            db
+        }
+        (DbSetup::Embedded, _) => Db::embedded().await?,
+    };
+    let instance = Instance::start(KeywordService::new(db, locks).with_work(args.work), args.port)
+        .await?;
+    println!("{LISTENING}{}", instance.url());
+    let [locks, db] = setup.describe();
+    eprintln!("[pid {}] {} | {locks} | {db}", std::process::id(), instance.url());
+    if !setup.shared_across_processes() {
+        eprintln!(
+            "[pid {}] warning: without REDIS_URL and DATABASE_URL this instance shares locks and \
+             rows with nobody",
+            std::process::id()
+        );
+    }
+    if args.exit_with_parent {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
+    tokio::signal::ctrl_c().await?;
+    instance.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the driver sends its requests, and what to clean up after.
+enum Fleet {
+    InProcess(Vec<Instance>),
+    Processes(Vec<ServerProcess>),
+    Given,
+}
+
+async fn drive(args: Args) -> Result<ExitCode, BoxError> {
+    let setup = Setup::from_env();
+    println!("lock-guard demo: duplicate \"add keyword\" requests against several app instances");
+    let [locks, db] = setup.describe();
+    println!("  {locks}");
+    println!("  {db}");
+
+    let mut database = None;
+    let (fleet, targets) = if !args.targets.is_empty() {
+        println!(
+            "  instances: {} given with --target (their own lock service and database)",
+            args.targets.len()
+        );
+        (Fleet::Given, args.targets.clone())
+    } else if setup.shared_across_processes() {
+        let n = args.instances.unwrap_or(3);
+        let db = setup.database().await?;
+        let exe = std::env::current_exe()?;
+        let child_args = [
+            "--serve".to_owned(),
+            "--exit-with-parent".to_owned(),
+            "--tables".to_owned(),
+            db.tables().prefix().to_owned(),
+            "--work-ms".to_owned(),
+            args.work.as_millis().to_string(),
+        ];
+        let mut processes = Vec::with_capacity(n);
+        for _ in 0..n {
+            processes.push(ServerProcess::spawn(&exe, &child_args).await?);
+        }
+        println!(
+            "  instances: {n} separate OS processes ({} --serve), pids {}, one LockManager each \
+             on the same Redis, tables {}*",
+            exe.file_name().unwrap_or_default().to_string_lossy(),
+            processes
+                .iter()
+                .map(|p| p.id().map_or("?".to_owned(), |id| id.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            db.tables().prefix(),
+        );
+        let urls = processes.iter().map(|p| p.url().to_owned()).collect();
+        database = Some(db);
+        (Fleet::Processes(processes), urls)
+    } else {
+        let n = args.instances.unwrap_or(2);
+        let db = setup.database().await?;
+        let managers = setup.lock_managers(n).await?;
+        let instances = start_instances(&db, &managers, args.work).await?;
+        let sharing = match setup.locks {
+            LockSetup::Memory => {
+                "sharing ONE LockManager::memory() (the instances' shared lock service)"
+            }
+            LockSetup::Redis(_) => "each with its own LockManager on the same Redis",
+        };
+        println!(
+            "  instances: {n} app instances in this process on {}, {sharing}; one database pool each",
+            instances
+                .iter()
+                .map(|i| i.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
+        );
+        let urls = instances.iter().map(Instance::url).collect();
+        database = Some(db);
+        (Fleet::InProcess(instances), urls)
+    };
+    let plan = args.plan;
+    println!(
+        "  service: one transaction: SELECT the keyword, {} ms of work, INSERT it if it was missing, \
+         COMMIT; no UNIQUE (user_id, keyword)",
+        args.work.as_millis()
+    );
+    println!(
+        "  load: {} bursts x {} users x {} keywords, each request sent {}x to each of {} instances \
+         at once = {} requests per route",
+        plan.bursts,
+        plan.users,
+        plan.keywords,
+        plan.copies,
+        targets.len(),
+        plan.requests(targets.len()),
+    );
+    println!();
+
+    let driver = Driver::new(targets);
+    // Fresh users for every phase (and every run, for instances given with --target).
+    let first_user = match fleet {
+        Fleet::Given => {
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            (secs % 1_000_000) as i64 * 1_000
+        }
+        _ => 1,
+    };
+    let mut reports: Vec<PhaseReport> = Vec::new();
+    let mut result = Ok(());
+    for (i, route) in [Route::Unguarded, Route::Guarded].into_iter().enumerate() {
+        let users = first_user + (i * plan.users.max(100)) as i64;
+        match driver.run_phase(route, &plan, users, show_progress).await {
+            Ok(report) => {
+                end_progress(&report);
+                reports.push(report);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+
+    // Clean up before reporting, so that an error above still stops the instances.
+    match fleet {
+        Fleet::InProcess(instances) => {
+            for instance in instances {
+                let _ = instance.stop().await;
+            }
+        }
+        Fleet::Processes(processes) => {
+            for process in processes {
+                process.stop().await;
+            }
+        }
+        Fleet::Given => {}
+    }
+    if let Some(db) = database {
+        if let DbSetup::Url(_) = setup.db {
+            db.drop_tables().await?;
+        }
+        db.close().await;
+    }
+    result?;
+
+    println!("{}", table(&reports));
+    println!(
+        "  201 created · 200 already there · 409 lock still busy after `wait` (NotAcquired, deliberate) · \
+         rows = rows stored for the phase's users ({} distinct asked for)",
+        plan.distinct()
+    );
+    for r in &reports {
+        if let Some(e) = &r.first_error {
+            println!("  {} first failure: {}", r.route.name(), shorten(e));
+        }
+    }
+    let guarded = reports.iter().find(|r| r.route == Route::Guarded);
+    let unguarded = reports.iter().find(|r| r.route == Route::Unguarded);
+    if let Some(u) = unguarded {
+        println!(
+            "  unguarded: {} duplicate rows and {} failed requests from the check-then-insert race",
+            u.duplicates(),
+            u.errors()
+        );
+    }
+    match guarded {
+        Some(g) if g.duplicates() == 0 && g.errors() == 0 => {
+            println!(
+                "  guarded:   no duplicates, no errors — #[concurrency_guard(name = \"keyword\", …)] \
+                 keyed by the user ran one add per user at a time across the instances"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            println!("  guarded:   UNEXPECTED duplicates or errors (see the table)");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn show_progress(p: &Progress) {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(
+            err,
+            "\r\x1b[K  {}: burst {}/{}, {} answered, {} errors",
+            p.route.name(),
+            p.burst,
+            p.bursts,
+            p.answered,
+            p.errors
+        );
+        let _ = err.flush();
+    }
+}
+
+fn end_progress(r: &PhaseReport) {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[K");
+    }
+    let _ = writeln!(
+        err,
+        "  {}: {} requests in {:.1}s",
+        r.route.name(),
+        r.requests,
+        r.elapsed.as_secs_f64()
+    );
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}

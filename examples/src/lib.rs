@@ -1,1 +1,27 @@
-//! Shared code of the examples.
+//! The code shared by the lock-guard examples and their tests.
+//!
+//! - [`keyword`]: the keyword-notification service — `add_keyword` under
+//!   `#[concurrency_guard(name = "keyword", …)]` keyed by the user — and its axum router;
+//! - [`like`]: the like-match service — `like` under
+//!   `#[concurrency_guard(name = "like", key = lock_guard::unordered(from, to), …)]`;
+//! - [`db`]: the schema, on an embedded SQLite or PostgreSQL through `sqlx::Any`;
+//! - [`instance`], [`setup`]: app instances on loopback ports, in this process or as child
+//!   processes, on the lock service and database named by `REDIS_URL` and `DATABASE_URL`;
+//! - [`driver`]: bursts of concurrent duplicate requests, and the table of what got stored.
+//!
+//! Run `cargo run --example keyword_dedupe` and `cargo run --example like_match`.
+
+pub mod db;
+pub mod driver;
+pub mod error;
+pub mod instance;
+pub mod keyword;
+pub mod like;
+pub mod setup;
+
+pub use db::{Db, DbKind, Tables};
+pub use error::{AppError, ErrorBody};
+pub use instance::Instance;
+pub use keyword::{Keyword, KeywordService, UserId};
+pub use like::{LikeOutcome, LikeService};
+pub use setup::Setup;

@@ -1,0 +1,198 @@
+//! What the demos run on: the lock service and the database, chosen by `REDIS_URL` and
+//! `DATABASE_URL`; starting app instances in this process or as child processes.
+
+use std::error::Error;
+use std::io;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use lock_guard::{LockError, LockManager};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::db::{Db, Tables, unique_prefix};
+use crate::instance::Instance;
+use crate::keyword::KeywordService;
+
+/// Errors of the demo programs.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The lock service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockSetup {
+    /// `LockManager::memory()`: one manager shared by the instances of this process.
+    Memory,
+    /// Redis at this URL: one manager per instance, as separate servers have.
+    Redis(String),
+}
+
+/// The database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbSetup {
+    /// A fresh embedded SQLite (see [`crate::db`]).
+    Embedded,
+    /// The database at this URL (PostgreSQL), in tables named for the run.
+    Url(String),
+}
+
+/// The lock service and the database of a demo run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setup {
+    /// The lock service.
+    pub locks: LockSetup,
+    /// The database.
+    pub db: DbSetup,
+}
+
+impl Setup {
+    /// `REDIS_URL` (else memory) and `DATABASE_URL` (else embedded SQLite); empty values count as
+    /// unset.
+    pub fn from_env() -> Setup {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Setup {
+            locks: var("REDIS_URL").map_or(LockSetup::Memory, LockSetup::Redis),
+            db: var("DATABASE_URL").map_or(DbSetup::Embedded, DbSetup::Url),
+        }
+    }
+
+    /// Whether instances can run as separate processes: they need a lock service and a database
+    /// that outlive one process.
+    pub fn shared_across_processes(&self) -> bool {
+        matches!(self.locks, LockSetup::Redis(_)) && matches!(self.db, DbSetup::Url(_))
+    }
+
+    /// One line on the lock service, one on the database, passwords hidden.
+    pub fn describe(&self) -> [String; 2] {
+        let locks = match &self.locks {
+            LockSetup::Memory => "locks:    LockManager::memory() (in-process; no Redis needed; \
+                                  set REDIS_URL to use Redis)"
+                .to_owned(),
+            LockSetup::Redis(url) => format!("locks:    Redis at {}", redact(url)),
+        };
+        let db = match &self.db {
+            DbSetup::Embedded => "database: embedded SQLite through sqlx, in memory (no server \
+                                  needed; set DATABASE_URL=postgres://… to use PostgreSQL)"
+                .to_owned(),
+            DbSetup::Url(url) => format!("database: {}", redact(url)),
+        };
+        [locks, db]
+    }
+
+    /// Lock managers for `instances` app instances: one shared manager in memory (the instances
+    /// share one lock service, as they would share one Redis), one per instance on Redis.
+    pub async fn lock_managers(&self, instances: usize) -> Result<Vec<LockManager>, LockError> {
+        match &self.locks {
+            LockSetup::Memory => Ok(vec![LockManager::memory(); instances]),
+            LockSetup::Redis(url) => {
+                let mut managers = Vec::with_capacity(instances);
+                for _ in 0..instances {
+                    managers.push(LockManager::redis(url).await?);
+                }
+                Ok(managers)
+            }
+        }
+    }
+
+    /// The database of this run, its tables created: a fresh embedded one, or new tables (named
+    /// for the run, dropped with [`Db::drop_tables`]) in the database at the URL.
+    pub async fn database(&self) -> Result<Db, sqlx::Error> {
+        match &self.db {
+            DbSetup::Embedded => Db::embedded().await,
+            DbSetup::Url(url) => {
+                let db = Db::open(url, Tables::new(&unique_prefix())).await?;
+                db.create_tables().await?;
+                Ok(db)
+            }
+        }
+    }
+}
+
+/// Starts one in-process instance per manager, each with its own pool to `db`, on free loopback
+/// ports.
+pub async fn start_instances(
+    db: &Db,
+    managers: &[LockManager],
+    work: Duration,
+) -> Result<Vec<Instance>, BoxError> {
+    let mut instances = Vec::with_capacity(managers.len());
+    for locks in managers {
+        let service = KeywordService::new(db.connect_again().await?, locks.clone()).with_work(work);
+        instances.push(Instance::start(service, 0).await?);
+    }
+    Ok(instances)
+}
+
+/// An app instance in a child process (`<exe> --serve …`), killed on [`stop`](Self::stop) or
+/// drop; it also exits by itself when this process dies (its stdin closes).
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+/// The line a serving instance prints first on stdout, followed by its URL.
+pub const LISTENING: &str = "listening on ";
+
+impl ServerProcess {
+    /// Runs `exe args…` and waits (up to 30 s) for its `listening on <url>` line.
+    pub async fn spawn(exe: &Path, args: &[String]) -> io::Result<ServerProcess> {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix(LISTENING) {
+                    return Ok(url.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+            Err(io::Error::other(
+                "the instance exited before printing its address",
+            ))
+        })
+        .await
+        .map_err(|_| io::Error::other("the instance did not print its address within 30 s"))??;
+        // Keep reading its stdout so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ServerProcess { child, url })
+    }
+
+    /// Its URL, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills it and waits for it to exit.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
