@@ -9,10 +9,12 @@
 //! [`LockManager::memory`](lock_guard::LockManager::memory).
 
 mod backend;
+mod logs;
 mod server;
 mod tls;
 mod wait;
 
 pub use backend::Backend;
+pub use logs::LogCapture;
 pub use server::{ACL_PASSWORD, ACL_USER, RedisServer, ServerOptions};
 pub use wait::eventually;

@@ -1,0 +1,177 @@
+//! Fencing tokens (S11): strictly increasing per key, across instances and across a Redis restart
+//! that loses the counter; the counter key expires (bounded memory).
+
+use std::time::Duration;
+
+use lock_guard::{LockError, LockKey, LockManager, LockOptions};
+use lock_guard_tests::{RedisServer, backend_tests};
+use tokio::time::Instant;
+
+/// Takes and releases the lock `n` times, alternating between `managers`; returns the tokens.
+async fn tokens(managers: &[LockManager], key: &LockKey, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let guard = managers[i % managers.len()]
+            .lock(key, LockOptions::new().wait(Duration::ZERO))
+            .await
+            .expect("the lock is free");
+        out.push(guard.fencing_token());
+        assert!(guard.release().await.unwrap());
+    }
+    out
+}
+
+fn assert_strictly_increasing(tokens: &[u64]) {
+    if let Some(w) = tokens.windows(2).find(|w| w[0] >= w[1]) {
+        panic!("fencing token went from {} to {}", w[0], w[1]);
+    }
+}
+
+backend_tests! {
+    /// 300 acquisitions alternating between two instances: every token above the one before.
+    async fn tokens_strictly_increase_across_instances(backend) {
+        let managers = [backend.manager().await, backend.manager().await];
+        let key = LockKey::new("fencing").part("alternating");
+        let tokens = tokens(&managers, &key, 300).await;
+        assert!(tokens[0] > 0);
+        assert_strictly_increasing(&tokens);
+    }
+
+    /// Inside a guarded body `fencing_token()` is this acquisition's token; outside, `None`.
+    async fn fencing_token_is_visible_inside_the_body_only(backend) {
+        let locks = backend.manager().await;
+        let key = LockKey::new("fencing").part("task-local");
+        assert_eq!(lock_guard::fencing_token(), None);
+        let first = locks
+            .run(&key, LockOptions::new(), async { Ok::<_, LockError>(lock_guard::fencing_token()) })
+            .await
+            .unwrap()
+            .expect("a token inside the body");
+        let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
+        assert!(guard.fencing_token() > first);
+        // The guard form does not set the task-local: only guarded bodies see it.
+        assert_eq!(lock_guard::fencing_token(), None);
+        guard.release().await.unwrap();
+        let spawned = locks
+            .run(&key, LockOptions::new(), async {
+                // A task spawned from the body is outside the guarded call.
+                Ok::<_, LockError>(tokio::spawn(async { lock_guard::fencing_token() }).await.unwrap())
+            })
+            .await
+            .unwrap();
+        assert_eq!(spawned, None);
+    }
+
+    /// Tokens increase per key: a busy key does not hold back another, and each key's own
+    /// sequence increases when interleaved with another's.
+    async fn tokens_increase_per_key_when_interleaved(backend) {
+        let locks = backend.manager().await;
+        let (a, b) = (LockKey::new("fencing").part("a"), LockKey::new("fencing").part("b"));
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            ta.extend(tokens(std::slice::from_ref(&locks), &a, 1).await);
+            tb.extend(tokens(std::slice::from_ref(&locks), &b, 2).await);
+        }
+        assert_strictly_increasing(&ta);
+        assert_strictly_increasing(&tb);
+    }
+}
+
+/// Redis restarts without persistence and loses the counter: new tokens are still above every
+/// token issued before. Right after the restart a call may fail with `Backend` (the pooled
+/// connections died); the managers recover within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_increase_across_a_restart_that_loses_the_counter() {
+    let mut server = RedisServer::start();
+    let managers = [server.manager().await, server.manager().await];
+    let key = LockKey::new("fencing").part("restart");
+    let before = tokens(&managers, &key, 150).await;
+    assert_strictly_increasing(&before);
+    let highest = *before.last().unwrap();
+
+    server.restart();
+    let fence_key = format!("{}:fence", managers[0].redis_key(&key));
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&fence_key)
+        .query_async(&mut server.connection().await)
+        .await
+        .unwrap();
+    assert!(
+        !exists,
+        "the restart must lose the counter for this test to mean anything"
+    );
+
+    let restarted_at = Instant::now();
+    let mut after = Vec::new();
+    let mut errors = Vec::new();
+    while after.len() < 150 {
+        let locks = &managers[after.len() % 2];
+        match locks
+            .lock(&key, LockOptions::new().wait(Duration::ZERO))
+            .await
+        {
+            Ok(guard) => {
+                after.push(guard.fencing_token());
+                assert!(guard.release().await.unwrap());
+            }
+            Err(e) => {
+                assert!(e.is_backend(), "unexpected error after the restart: {e}");
+                assert!(
+                    restarted_at.elapsed() < Duration::from_secs(5),
+                    "still failing 5 s after the restart: {e}"
+                );
+                errors.push(e.to_string());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    eprintln!(
+        "restart: {} backend errors before recovery; last token before {highest}, first after {}",
+        errors.len(),
+        after[0]
+    );
+    assert!(
+        after[0] > highest,
+        "token {} after the restart <= {highest} before it",
+        after[0]
+    );
+    assert_strictly_increasing(&after);
+}
+
+/// The counter key has a TTL, so a key locked once does not cost Redis memory forever; and the
+/// lock key itself is gone after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_counter_key_expires() {
+    let server = RedisServer::start();
+    let locks = server.manager().await;
+    let key = LockKey::new("fencing").part("ttl");
+    let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
+    let token = guard.fencing_token();
+    guard.release().await.unwrap();
+
+    let mut con = server.connection().await;
+    let fence_key = format!("{}:fence", locks.redis_key(&key));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&fence_key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eprintln!("fence counter {fence_key}: PTTL {pttl} ms");
+    assert!(
+        pttl > 0,
+        "the fence counter key must expire (PTTL {pttl}: -1 = no TTL, -2 = missing)"
+    );
+    let stored: u64 = redis::cmd("GET")
+        .arg(&fence_key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stored, token, "the counter holds the last token issued");
+
+    let lock_exists: bool = redis::cmd("EXISTS")
+        .arg(locks.redis_key(&key))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!lock_exists, "the lock key is deleted by the release");
+}
