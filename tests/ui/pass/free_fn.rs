@@ -55,9 +55,14 @@ async fn parse(text: &str) -> Result<u32, AppError> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     lock_guard::set_default(LockManager::memory());
-    let db = Db { rows: Default::default() };
+    let db = Db {
+        rows: Default::default(),
+    };
     assert_eq!(add_keyword(UserId(7), "rust".into(), &db).await.unwrap(), 4);
-    assert!(matches!(add_keyword(UserId(7), String::new(), &db).await, Err(AppError::Empty)));
+    assert!(matches!(
+        add_keyword(UserId(7), String::new(), &db).await,
+        Err(AppError::Empty)
+    ));
     assert!(matches!(parse("x").await, Err(AppError::Parse(_))));
     assert_eq!(parse("12").await.unwrap(), 12);
     assert_eq!(db.rows.lock().unwrap().as_slice(), ["7:rust"]);

@@ -27,7 +27,10 @@ async fn elided(text: &str, other: u8) -> Result<&str, LockError> {
 }
 
 #[concurrency_guard(name = "impl_arg")]
-async fn impl_arg(id: impl Display + Send, items: impl IntoIterator<Item = u32>) -> Result<u32, LockError> {
+async fn impl_arg(
+    id: impl Display + Send,
+    items: impl IntoIterator<Item = u32>,
+) -> Result<u32, LockError> {
     let _ = id;
     Ok(items.into_iter().sum())
 }

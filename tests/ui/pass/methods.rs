@@ -58,7 +58,11 @@ impl Store for Account {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let locks = LockManager::memory();
-    let mut account = Account { id: 1, balance: 10, locks: locks.clone() };
+    let mut account = Account {
+        id: 1,
+        balance: 10,
+        locks: locks.clone(),
+    };
     assert_eq!(account.balance().await.unwrap(), 10);
     assert_eq!(account.deposit(5).await.unwrap(), 15);
     assert_eq!(account.transfer(2, 3).await.unwrap(), (2, 3));

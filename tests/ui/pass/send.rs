@@ -32,7 +32,9 @@ async fn main() {
     lock_guard::set_default(LockManager::memory());
     let data = vec![1, 2, 3];
     assert_eq!(require_send(guarded(1, &data)).await.unwrap(), 4);
-    let service = std::sync::Arc::new(Service { locks: LockManager::memory() });
+    let service = std::sync::Arc::new(Service {
+        locks: LockManager::memory(),
+    });
     let handle = tokio::spawn({
         let service = service.clone();
         async move { require_send(service.call(5)).await }
