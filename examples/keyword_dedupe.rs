@@ -76,7 +76,9 @@ fn parse_args() -> Result<Args, String> {
             "--port" => args.port = number("--port")?.try_into().map_err(|_| "bad --port")?,
             "--tables" => args.tables = Some(value("--tables")?),
             "--exit-with-parent" => args.exit_with_parent = true,
-            "--target" => args.targets.push(value("--target")?.trim_end_matches('/').to_owned()),
+            "--target" => args
+                .targets
+                .push(value("--target")?.trim_end_matches('/').to_owned()),
             "--instances" => args.instances = Some(number("--instances")?.max(1)),
             "--bursts" => args.plan.bursts = number("--bursts")?.max(1),
             "--users" => args.plan.users = number("--users")?.max(1),
@@ -128,11 +130,18 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
         }
         (DbSetup::Embedded, _) => Db::embedded().await?,
     };
-    let instance = Instance::start(KeywordService::new(db, locks).with_work(args.work), args.port)
-        .await?;
+    let instance = Instance::start(
+        KeywordService::new(db, locks).with_work(args.work),
+        args.port,
+    )
+    .await?;
     println!("{LISTENING}{}", instance.url());
     let [locks, db] = setup.describe();
-    eprintln!("[pid {}] {} | {locks} | {db}", std::process::id(), instance.url());
+    eprintln!(
+        "[pid {}] {} | {locks} | {db}",
+        std::process::id(),
+        instance.url()
+    );
     if !setup.shared_across_processes() {
         eprintln!(
             "[pid {}] warning: without REDIS_URL and DATABASE_URL this instance shares locks and \

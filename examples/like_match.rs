@@ -109,7 +109,9 @@ async fn run(pairs: usize) -> Result<ExitCode, BoxError> {
             );
         }
     }
-    let ok = reports.iter().any(|r: &LikeReport| r.guarded && r.exact() && r.errors == 0);
+    let ok = reports
+        .iter()
+        .any(|r: &LikeReport| r.guarded && r.exact() && r.errors == 0);
     if ok {
         println!(
             "  guarded: exactly one match and one chat room per pair — like(a, b) and like(b, a) \

@@ -208,9 +208,7 @@ impl Db {
                  (id {id}, user_a BIGINT NOT NULL, user_b BIGINT NOT NULL)"
             ),
             format!("CREATE INDEX IF NOT EXISTS {matches}_pair ON {matches} (user_a, user_b)"),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {chat_rooms} (id {id}, match_id BIGINT NOT NULL)"
-            ),
+            format!("CREATE TABLE IF NOT EXISTS {chat_rooms} (id {id}, match_id BIGINT NOT NULL)"),
         ];
         for statement in statements {
             self.pool.execute(statement.as_str()).await?;

@@ -213,7 +213,10 @@ impl Driver {
     ///
     /// If `targets` is empty, or the HTTP client cannot be built.
     pub fn new(targets: Vec<String>) -> Driver {
-        assert!(!targets.is_empty(), "the driver needs at least one instance");
+        assert!(
+            !targets.is_empty(),
+            "the driver needs at least one instance"
+        );
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))
@@ -326,7 +329,11 @@ impl Driver {
     }
 
     /// `(rows, distinct)` stored for the phase's users, read back through the API.
-    async fn stored(&self, plan: &BurstPlan, first_user: i64) -> Result<(usize, usize), DriverError> {
+    async fn stored(
+        &self,
+        plan: &BurstPlan,
+        first_user: i64,
+    ) -> Result<(usize, usize), DriverError> {
         let mut rows = 0;
         let mut distinct = 0;
         for user in first_user..first_user + plan.users as i64 {
@@ -348,7 +355,11 @@ impl Driver {
                     source,
                 })?;
             rows += list.len();
-            distinct += list.iter().map(|k| &k.keyword).collect::<HashSet<_>>().len();
+            distinct += list
+                .iter()
+                .map(|k| &k.keyword)
+                .collect::<HashSet<_>>()
+                .len();
         }
         Ok((rows, distinct))
     }

@@ -41,9 +41,7 @@ pub const MAX_KEYWORD_CHARS: usize = 64;
 pub const DEFAULT_WORK: Duration = Duration::from_millis(20);
 
 /// A user id: the lock key of `add_keyword` (rendered with `Display`: `lock:{keyword:42}`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct UserId(pub i64);
 
@@ -253,7 +251,9 @@ async fn add_unguarded(
     Json(request): Json<AddKeywordRequest>,
 ) -> Result<(StatusCode, Json<StoredKeyword>), AppError> {
     let keyword = Keyword::parse(&request.keyword)?;
-    let added = service.add_keyword_unguarded(UserId(user), &keyword).await?;
+    let added = service
+        .add_keyword_unguarded(UserId(user), &keyword)
+        .await?;
     Ok(answer(added))
 }
 

@@ -25,3 +25,6 @@ pub use instance::Instance;
 pub use keyword::{Keyword, KeywordService, UserId};
 pub use like::{LikeOutcome, LikeService};
 pub use setup::Setup;
+
+/// The HTTP client and the JSON crate the driver uses, for tests that talk to an instance.
+pub use {reqwest, serde_json};

@@ -79,7 +79,9 @@ impl LikeService {
 
     async fn like_then_match(&self, from: UserId, to: UserId) -> Result<LikeOutcome, AppError> {
         if from == to {
-            return Err(AppError::Invalid("a user cannot like themselves".to_owned()));
+            return Err(AppError::Invalid(
+                "a user cannot like themselves".to_owned(),
+            ));
         }
         let t = self.db.tables();
         let pool = self.db.pool();
@@ -186,7 +188,10 @@ pub struct LikeReport {
 impl LikeReport {
     /// Whether every pair got exactly one match and one chat room.
     pub fn exact(&self) -> bool {
-        self.doubled == 0 && self.missed == 0 && self.matches == self.pairs && self.chat_rooms == self.pairs
+        self.doubled == 0
+            && self.missed == 0
+            && self.matches == self.pairs
+            && self.chat_rooms == self.pairs
     }
 }
 
@@ -205,7 +210,10 @@ pub async fn run_pairs(
     first_user: i64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<LikeReport, AppError> {
-    assert!(!instances.is_empty(), "run_pairs needs at least one instance");
+    assert!(
+        !instances.is_empty(),
+        "run_pairs needs at least one instance"
+    );
     let started = Instant::now();
     let mut report = LikeReport {
         guarded,
@@ -295,7 +303,16 @@ pub fn table(reports: &[LikeReport]) -> String {
     let _ = writeln!(
         out,
         "{:<10} {:>6} {:>6} {:>8} {:>11} {:>14} {:>13} {:>5} {:>7} {:>8}",
-        "like", "pairs", "calls", "matches", "chat rooms", "pairs doubled", "pairs missed", "409", "errors", "time"
+        "like",
+        "pairs",
+        "calls",
+        "matches",
+        "chat rooms",
+        "pairs doubled",
+        "pairs missed",
+        "409",
+        "errors",
+        "time"
     );
     for r in reports {
         let _ = writeln!(

@@ -144,7 +144,10 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
