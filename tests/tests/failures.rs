@@ -122,6 +122,25 @@ async fn paused_redis_gives_backend_timeouts() {
     );
 }
 
+/// The body succeeds but its release cannot reach Redis (paused during the body): the body's
+/// result still comes back, in bounded time; the lease frees the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_release_keeps_the_body_result() {
+    let server = RedisServer::start();
+    let locks = manager(&server).await;
+    let key = LockKey::new("failures").part("release");
+    let start = Instant::now();
+    let call = locks.run(&key, LockOptions::new(), async {
+        server.pause(Duration::from_secs(5)).await;
+        Ok::<_, LockError>(7)
+    });
+    let result = timeout(NEVER_A_HANG, call)
+        .await
+        .expect("the call hung on its release");
+    assert_eq!(result.unwrap(), 7);
+    assert!(start.elapsed() < BOUNDED, "took {:?}", start.elapsed());
+}
+
 /// A pool of one connection and twelve calls against a paused Redis: each call fails in bounded
 /// time (checkout or command timeout), none waits forever for the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,29 @@ backend_tests! {
         assert!(elapsed < Duration::from_millis(900), "dropped after {elapsed:?}, past the lease");
     }
 
+    /// The deadline counts from the acquisition, not from the start of the wait: a body of 400 ms
+    /// under a 600 ms timeout succeeds after waiting 500 ms for the lock.
+    async fn deadline_counts_from_the_acquisition(backend) {
+        let holder = backend.manager().await;
+        let locks = backend.manager().await;
+        let key = LockKey::new("lease").part("after-wait");
+        let held = holder.lock(&key, LockOptions::new().lease(Duration::from_secs(10))).await.unwrap();
+        let release = async {
+            sleep(Duration::from_millis(500)).await;
+            held.release().await.unwrap()
+        };
+        let options = LockOptions::new().lease(Duration::from_secs(3)).timeout(Duration::from_millis(600));
+        let start = Instant::now();
+        let call = locks.run(&key, options, async {
+            sleep(Duration::from_millis(400)).await;
+            Ok::<_, LockError>(())
+        });
+        let (released, result) = tokio::join!(release, call);
+        assert!(released);
+        assert!(result.is_ok(), "{result:?}");
+        assert!(start.elapsed() >= Duration::from_millis(900), "the call did not wait: {:?}", start.elapsed());
+    }
+
     /// A `timeout` longer than the lease does not let the body outlive the lease: the deadline is
     /// the earlier of the two (S7).
     async fn deadline_never_outlives_the_lease(backend) {

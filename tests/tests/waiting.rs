@@ -279,6 +279,62 @@ async fn waiters_do_not_poll() {
     );
 }
 
+/// Sixteen waiters on one instance: each release wakes only the head of the local queue, so the
+/// hand-offs cost about an acquisition and a release per waiter, not a stampede of failed tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_wakes_one_local_waiter_not_all() {
+    const WAITERS: u64 = 16;
+    let server = RedisServer::start();
+    let holder = server.manager().await;
+    let waiters = server.manager().await;
+    let key = LockKey::new("waiting").part("one-woken");
+    let held = holder.lock(&key, held_long()).await.unwrap();
+    let start = waiters.metrics().commands;
+    let held_tries_before = server
+        .command_calls()
+        .await
+        .get("pttl")
+        .copied()
+        .unwrap_or(0);
+    let mut set = JoinSet::new();
+    for _ in 0..WAITERS {
+        let (locks, key) = (waiters.clone(), key.clone());
+        set.spawn(async move {
+            let options = LockOptions::new().wait(Duration::from_secs(20));
+            locks
+                .run(&key, options, async { Ok::<_, LockError>(()) })
+                .await
+        });
+    }
+    until_waiters(&waiters, WAITERS as usize).await;
+    assert!(held.release().await.unwrap());
+    while let Some(joined) = set.join_next().await {
+        joined.unwrap().expect("every waiter gets the lock");
+    }
+    let commands = waiters.metrics().commands - start;
+    let held_tries = server
+        .command_calls()
+        .await
+        .get("pttl")
+        .copied()
+        .unwrap_or(0)
+        - held_tries_before;
+    eprintln!(
+        "one woken: {WAITERS} local waiters cost {commands} commands, {held_tries} of them failed tries"
+    );
+    // Linear: the head's two tries before it sleeps, an acquisition and a release per waiter, and
+    // a failed try per hand-off at worst (a release message that arrives after a local hand-off).
+    // Waking every waiter on each release would cost about WAITERS²/2 = 128 failed tries.
+    assert!(
+        held_tries <= 2 * WAITERS,
+        "{held_tries} failed tries for {WAITERS} waiters"
+    );
+    assert!(
+        commands <= 4 * WAITERS,
+        "{commands} commands for {WAITERS} waiters"
+    );
+}
+
 /// The subscriber connection is killed while a waiter waits, and the holder's release message is
 /// lost with it: the waiter still gets the lock by the holder's lease end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

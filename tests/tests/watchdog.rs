@@ -249,3 +249,88 @@ async fn renewal_stops_when_the_body_ends() {
         .await;
     assert!(free.is_ok(), "{free:?}");
 }
+
+/// Redis restarts (without persistence) while a watchdog body runs: the next renewal finds the
+/// lock gone, and the call returns `Lost` instead of running on unprotected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_a_watchdog_lock_is_lost() {
+    let mut server = RedisServer::start();
+    let locks = watchdog_manager(&server).await;
+    let key = LockKey::new("watchdog").part("restart");
+    let redis_key = locks.redis_key(&key);
+    let holder = tokio::spawn({
+        let (locks, key) = (locks.clone(), key.clone());
+        async move {
+            let never = std::future::pending::<Result<(), LockError>>();
+            locks.run(&key, LockOptions::new().watchdog(), never).await
+        }
+    });
+    lock_guard_tests::eventually(
+        Duration::from_secs(5),
+        "the holder took the lock",
+        || async { pttl(&server, &redis_key).await > 0 },
+    )
+    .await;
+    server.restart();
+    let restarted_at = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(4), holder)
+        .await
+        .expect("the body ran on after the restart lost its lock")
+        .unwrap();
+    let took = restarted_at.elapsed();
+    eprintln!("watchdog: restart noticed after {took:?}: {result:?}");
+    assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
+    assert!(
+        took < WATCHDOG_LEASE + Duration::from_millis(500),
+        "noticed only after {took:?}"
+    );
+}
+
+/// Redis dies while a watchdog body runs: renewals fail, and the body is dropped by the end of
+/// the last granted lease at the latest — it never runs unprotected past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_redis_under_a_watchdog_lock_drops_the_body_by_the_lease_end() {
+    let mut server = RedisServer::start();
+    let locks = server
+        .builder()
+        .watchdog_lease(WATCHDOG_LEASE)
+        .command_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let key = LockKey::new("watchdog").part("dead");
+    let redis_key = locks.redis_key(&key);
+    let finished = Arc::new(AtomicBool::new(false));
+    let holder = tokio::spawn({
+        let (locks, key, finished) = (locks.clone(), key.clone(), finished.clone());
+        async move {
+            let body = async {
+                sleep(Duration::from_secs(3)).await;
+                finished.store(true, SeqCst);
+                Ok::<_, LockError>(())
+            };
+            locks.run(&key, LockOptions::new().watchdog(), body).await
+        }
+    });
+    lock_guard_tests::eventually(
+        Duration::from_secs(5),
+        "the holder took the lock",
+        || async { pttl(&server, &redis_key).await > 0 },
+    )
+    .await;
+    server.kill();
+    let killed_at = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(4), holder)
+        .await
+        .expect("the body ran on with its Redis dead")
+        .unwrap();
+    let took = killed_at.elapsed();
+    eprintln!("watchdog: dead redis -> {result:?} after {took:?}");
+    assert!(result.is_err(), "{result:?}");
+    // The last successful renewal (at most a lease ago) granted at most WATCHDOG_LEASE.
+    assert!(
+        took <= WATCHDOG_LEASE + Duration::from_millis(100),
+        "the body ran {took:?} after the kill"
+    );
+    assert!(!finished.load(SeqCst));
+}
