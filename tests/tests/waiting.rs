@@ -132,6 +132,33 @@ backend_tests! {
         eprintln!("{}: release -> waiter acquired in {latency:?}", backend.name());
         assert!(latency < Duration::from_secs(1), "woken only after {latency:?}");
     }
+
+    /// A lock that frees without a release message (deleted, as an expiry would): the waiter
+    /// retries when the holder's remaining lease runs out, not at the end of its own wait.
+    async fn waiter_without_a_release_message_retries_at_the_lease_end(backend) {
+        let holder = backend.manager().await;
+        let waiter = backend.manager().await;
+        let key = LockKey::new("waiting").part("silent-release");
+        let lease = Duration::from_millis(1500);
+        let held_at = Instant::now();
+        let held = holder.lock(&key, LockOptions::new().lease(lease)).await.unwrap();
+        let task = tokio::spawn({
+            let (waiter, key) = (waiter.clone(), key.clone());
+            async move {
+                let options = LockOptions::new().wait(Duration::from_secs(10));
+                let guard = waiter.lock(&key, options).await;
+                (guard.map(drop), Instant::now())
+            }
+        });
+        until_waiters(&waiter, 1).await;
+        backend.delete_lock(&holder, &key).await;
+        let (guard, acquired_at) = task.await.unwrap();
+        guard.expect("the waiter gets the lock");
+        let after = acquired_at - held_at;
+        eprintln!("{}: silent release: waiter acquired {after:?} after the holder", backend.name());
+        assert!(after < lease + Duration::from_millis(500), "acquired only {after:?} after the holder");
+        assert!(!held.release().await.unwrap(), "the deleted lock is no longer the holder's");
+    }
 }
 
 /// `wait = 0s` is exactly one script call, on the manager's count and on the server's.
@@ -374,5 +401,33 @@ async fn killed_subscriber_does_not_strand_a_waiter() {
     assert!(
         after < lease + Duration::from_millis(500),
         "acquired only {after:?} after the holder"
+    );
+
+    // The subscriber comes back: a later release wakes a later waiter at once, not at the end of
+    // a 30 s lease.
+    let held = holder.lock(&key, held_long()).await.unwrap();
+    let task = tokio::spawn({
+        let (waiter, key) = (waiter.clone(), key.clone());
+        async move {
+            let guard = waiter
+                .lock(&key, LockOptions::new().wait(Duration::from_secs(10)))
+                .await;
+            (guard.map(drop), Instant::now())
+        }
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the waiter subscribed again",
+        || async { server.pubsub_channels().await.contains(&channel) },
+    )
+    .await;
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let (guard, acquired_at) = task.await.unwrap();
+    guard.expect("the later waiter gets the lock");
+    let latency = acquired_at - released_at;
+    assert!(
+        latency < Duration::from_secs(1),
+        "woken only after {latency:?}"
     );
 }
