@@ -19,7 +19,8 @@
 //! processes. Tables are named for the run and dropped at the end. Other options:
 //!
 //! ```text
-//! --serve [--port N] [--tables PREFIX]   serve one instance (prints `listening on http://…`)
+//! --serve [--port N] [--tables PREFIX]   serve one instance (prints `listening on http://…`);
+//!                                        without --tables it uses (and keeps) keyword_demo_* tables
 //! --target URL (repeat)                  drive instances started elsewhere instead
 //! --bursts N --users N --keywords N --copies N --work-ms N
 //! ```
@@ -136,9 +137,11 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
     )
     .await?;
     println!("{LISTENING}{}", instance.url());
-    let [locks, db] = setup.describe();
+    let [locks, db] = setup
+        .describe()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "));
     eprintln!(
-        "[pid {}] {} | {locks} | {db}",
+        "[pid {}] serving {} ({locks}; {db})",
         std::process::id(),
         instance.url()
     );
@@ -267,6 +270,9 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
     let mut result = Ok(());
     for (i, route) in [Route::Unguarded, Route::Guarded].into_iter().enumerate() {
         let users = first_user + (i * plan.users.max(100)) as i64;
+        if !std::io::stderr().is_terminal() {
+            eprintln!("  {}: sending {} bursts…", route.name(), plan.bursts);
+        }
         match driver.run_phase(route, &plan, users, show_progress).await {
             Ok(report) => {
                 end_progress(&report);

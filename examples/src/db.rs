@@ -122,8 +122,8 @@ impl Db {
         Ok(db)
     }
 
-    /// A pool to the database at `url` (`postgres://…` or `sqlite:…`), using the tables named
-    /// with `prefix`. Creates nothing: see [`create_tables`](Self::create_tables).
+    /// A pool to the database at `url` (`postgres://…` or `sqlite:…`), using `tables`. Creates
+    /// nothing: see [`create_tables`](Self::create_tables).
     pub async fn open(url: &str, tables: Tables) -> Result<Db, sqlx::Error> {
         install_default_drivers();
         let kind = if url.starts_with("sqlite:") {
