@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor as _};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 /// Connections per pool, i.e. per app instance.
 const POOL_SIZE: u32 = 16;
@@ -131,6 +131,11 @@ impl Db {
         } else {
             DbKind::Postgres
         };
+        if kind == DbKind::Postgres {
+            // One plain connection first: a refused connection or a bad login fails here, at once
+            // and with its own message, instead of as a pool timeout.
+            AnyConnection::connect(url).await?.close().await?;
+        }
         let options = AnyPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10));
