@@ -201,6 +201,22 @@ impl LockManagerBuilder {
         redis::Client::open(self.url.as_str()).map_err(config)
     }
 
+    /// An in-process manager ([`LockManager::memory`]) with this builder's key prefix and
+    /// watchdog lease; the Redis settings are ignored.
+    pub fn build_memory(self) -> LockManager {
+        let queues = Arc::new(Queues::new(None));
+        LockManager {
+            inner: Arc::new(Inner {
+                backend: Backend::Memory(MemoryBackend::new(Arc::downgrade(&queues))),
+                queues,
+                prefix: self.prefix,
+                watchdog_lease: self.watchdog_lease,
+                shown_url: None,
+                counters: Arc::new(Counters::default()),
+            }),
+        }
+    }
+
     /// Connects (one `PING`, so a wrong URL or password fails here) and starts the subscriber task
     /// on the current tokio runtime.
     pub async fn build(self) -> Result<LockManager, LockError> {
@@ -297,17 +313,7 @@ impl LockManager {
     /// reentrancy): for tests and single-instance programs. Locks are shared by the clones of
     /// this manager only.
     pub fn memory() -> LockManager {
-        let queues = Arc::new(Queues::new(None));
-        LockManager {
-            inner: Arc::new(Inner {
-                backend: Backend::Memory(MemoryBackend::new(Arc::downgrade(&queues))),
-                queues,
-                prefix: "lock".to_owned(),
-                watchdog_lease: Duration::from_secs(30),
-                shown_url: None,
-                counters: Arc::new(Counters::default()),
-            }),
-        }
+        Self::builder().build_memory()
     }
 
     /// The Redis key of a lock: `{prefix}:{name:part…}` (S4).

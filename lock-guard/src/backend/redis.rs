@@ -153,40 +153,52 @@ impl RedisBackend {
 
     /// Runs `f` on a pooled connection, bounded by the command timeout as a whole (checkout
     /// included), so a Redis that is down, slow or paused yields an error in bounded time (S15).
+    ///
+    /// A connection that turns out dead (Redis restarted since it was pooled) is dropped and `f`
+    /// runs once more on a fresh one, told so by its `retry` argument.
     async fn with_conn<T, F, Fut>(
         &self,
-        key: &str,
+        key: Option<&str>,
         what: &'static str,
-        f: F,
+        mut f: F,
     ) -> Result<T, LockError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnMut(MultiplexedConnection, bool) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| match e {
-                managed::PoolError::Timeout(_) => BackendError::Timeout {
-                    what: "connection checkout",
-                    timeout: self.timeout,
-                },
-                managed::PoolError::Backend(e) => BackendError::Redis(e),
-                other => BackendError::Pool(other.to_string()),
-            })?;
-            let result = f(conn.conn.clone()).await;
-            if let Err(e) = &result
-                && (e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error())
-            {
-                conn.broken = true;
+            let mut retry = false;
+            loop {
+                let mut conn = self.pool.get().await.map_err(|e| match e {
+                    managed::PoolError::Timeout(_) => BackendError::Timeout {
+                        what: "connection checkout",
+                        timeout: self.timeout,
+                    },
+                    managed::PoolError::Backend(e) => BackendError::Redis(e),
+                    other => BackendError::Pool(other.to_string()),
+                })?;
+                match f(conn.conn.clone(), retry).await {
+                    Err(e)
+                        if e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_connection_refusal()
+                            || e.is_unrecoverable_error() =>
+                    {
+                        conn.broken = true;
+                        if retry || e.is_connection_refusal() {
+                            return Err(BackendError::Redis(e));
+                        }
+                        tracing::debug!(key, error = %e, "pooled connection was dead; retrying on a new one");
+                        retry = true;
+                    }
+                    r => return r.map_err(BackendError::Redis),
+                }
             }
-            result.map_err(BackendError::Redis)
         };
         match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r.map_err(|source| LockError::backend(Some(key), source)),
+            Ok(r) => r.map_err(|source| LockError::backend(key, source)),
             Err(_) => Err(LockError::backend(
-                Some(key),
+                key,
                 BackendError::Timeout {
                     what,
                     timeout: self.timeout,
@@ -195,15 +207,17 @@ impl RedisBackend {
         }
     }
 
-    /// `EVALSHA`, falling back to `EVAL` (which also reloads the cache) on `NOSCRIPT`.
+    /// `EVALSHA`, falling back to `EVAL` (which also reloads the cache) on `NOSCRIPT`. On a retry
+    /// after a dead connection, `retry_arg` is appended to the arguments.
     async fn eval<T: redis::FromRedisValue>(
         &self,
         key: &str,
         script: &Script,
         keys: &[&str],
         args: &[&[u8]],
+        retry_arg: Option<&[u8]>,
     ) -> Result<T, LockError> {
-        let build = |verb: &str, body: &str| {
+        let build = |verb: &str, body: &str, retry: bool| {
             let mut cmd = Cmd::new();
             cmd.arg(verb).arg(body).arg(keys.len());
             for k in keys {
@@ -212,19 +226,22 @@ impl RedisBackend {
             for a in args {
                 cmd.arg(*a);
             }
+            if let (true, Some(extra)) = (retry, retry_arg) {
+                cmd.arg(extra);
+            }
             cmd
         };
         let counters = &self.counters;
-        self.with_conn(key, "script call", |mut conn| async move {
+        self.with_conn(Some(key), "script call", |mut conn, retry| async move {
             counters.commands.fetch_add(1, Ordering::Relaxed);
-            match build("EVALSHA", script.get_hash())
+            match build("EVALSHA", script.get_hash(), retry)
                 .query_async(&mut conn)
                 .await
             {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     tracing::debug!(key, "script cache was empty (NOSCRIPT): loading it again");
                     counters.commands.fetch_add(1, Ordering::Relaxed);
-                    build("EVAL", script_source(script))
+                    build("EVAL", script_source(script), retry)
                         .query_async(&mut conn)
                         .await
                 }
@@ -248,6 +265,8 @@ impl RedisBackend {
                 &scripts().acquire,
                 &[&keys.lock, &keys.fence],
                 &[token.as_bytes(), lease_ms.as_bytes(), retention.as_bytes()],
+                // The first request may have been applied before its connection died.
+                Some(b"retry"),
             )
             .await?;
         if taken == 1 {
@@ -273,6 +292,7 @@ impl RedisBackend {
                 &scripts().release,
                 &[&keys.lock, &keys.channel],
                 &[token.as_bytes()],
+                None,
             )
             .await?;
         Ok(n == 1)
@@ -291,6 +311,7 @@ impl RedisBackend {
                 &scripts().renew,
                 &[&keys.lock],
                 &[token.as_bytes(), lease_ms.as_bytes()],
+                None,
             )
             .await?;
         Ok(n == 1)
@@ -320,7 +341,7 @@ impl RedisBackend {
 
     /// One `PING`, to fail early on a wrong URL or password.
     pub(crate) async fn ping(&self) -> Result<(), LockError> {
-        self.with_conn("", "PING", |mut conn| async move {
+        self.with_conn(None, "PING", |mut conn, _| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await
         })
         .await
