@@ -763,6 +763,9 @@ fn print_table(reports: &[Report]) {
 struct Floor {
     ping: Dist,
     evalsha: Dist,
+    /// A handoff by hand on the same client stack: release script (`DEL` + `PUBLISH`) sent →
+    /// message read on a `get_async_pubsub` connection → acquire script (`SET NX PX`) answered.
+    pubsub: Dist,
 }
 
 /// Raw round trips on a multiplexed connection configured as the library's: `PING`, and
@@ -800,6 +803,7 @@ async fn floor(ctx: &Ctx) -> Res<(Floor, Report)> {
     let floor = Floor {
         ping: dist(&ping),
         evalsha: dist(&evalsha),
+        pubsub: pubsub_handoff(ctx, n).await?,
     };
     let mut r = Report::new("floor");
     r.row(
@@ -810,18 +814,100 @@ async fn floor(ctx: &Ctx) -> Res<(Floor, Report)> {
         "EVALSHA (return 1) p50 / p99",
         format!("{} / {}", t(floor.evalsha.p50), t(floor.evalsha.p99)),
     );
+    r.row(
+        "pub/sub handoff by hand p50 / p99",
+        format!(
+            "{} / {} = {:.2} x EVALSHA",
+            t(floor.pubsub.p50),
+            t(floor.pubsub.p99),
+            floor.pubsub.p50 / floor.evalsha.p50
+        ),
+    );
     r.row("samples each", n.to_string());
     r.set("samples", json!(n));
     r.set("ping_p50_us", json!(us(floor.ping.p50)));
     r.set("ping_p99_us", json!(us(floor.ping.p99)));
     r.set("evalsha_p50_us", json!(us(floor.evalsha.p50)));
     r.set("evalsha_p99_us", json!(us(floor.evalsha.p99)));
+    r.set("pubsub_handoff_p50_us", json!(us(floor.pubsub.p50)));
+    r.set("pubsub_handoff_p99_us", json!(us(floor.pubsub.p99)));
     progress(&format!(
         "floor: PING p50 {}, EVALSHA p50 {}",
         t(floor.ping.p50),
         t(floor.evalsha.p50)
     ));
     Ok((floor, r.finish()))
+}
+
+/// The least a handoff through pub/sub costs on this client stack, without the library: one task
+/// sends a release script (`DEL` + `PUBLISH`); another, reading the channel on a
+/// `get_async_pubsub` connection as the library's subscriber does, sends an acquire script
+/// (`SET NX PX`) on a second multiplexed connection. Measured from the release's send to the
+/// acquire's answer, as the handoff gap is.
+async fn pubsub_handoff(ctx: &Ctx, n: usize) -> Res<Dist> {
+    let client = Client::open(ctx.url.as_str())?;
+    let channel = format!("{}:{{floor}}:released", ctx.prefix);
+    let key = format!("{}:{{floor}}", ctx.prefix);
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(&channel).await?;
+    let (_sink, mut stream) = pubsub.split();
+    let mut releaser = connection(&ctx.url).await?;
+    let mut acquirer = connection(&ctx.url).await?;
+    let mut load = async |script: &str| -> Res<String> {
+        Ok(redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script)
+            .query_async(&mut releaser)
+            .await?)
+    };
+    let release =
+        load("redis.call('DEL', KEYS[1]) redis.call('PUBLISH', KEYS[2], '') return 1").await?;
+    let acquire =
+        load("if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 3000) then return 1 end return 0")
+            .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let waiter = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            while futures_util::StreamExt::next(&mut stream).await.is_some() {
+                let taken = redis::cmd("EVALSHA")
+                    .arg(&acquire)
+                    .arg(1)
+                    .arg(&key)
+                    .arg("floor")
+                    .query_async::<i64>(&mut acquirer)
+                    .await;
+                if tx.send((Instant::now(), taken)).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut gaps = Vec::with_capacity(n);
+    let warmup = (n / 10).max(1);
+    for i in 0..warmup + n {
+        let sent = Instant::now();
+        redis::cmd("EVALSHA")
+            .arg(&release)
+            .arg(2)
+            .arg(&key)
+            .arg(&channel)
+            .query_async::<i64>(&mut releaser)
+            .await?;
+        let (acquired, taken) = rx.recv().await.ok_or("pub/sub floor: waiter stopped")?;
+        if taken? != 1 {
+            return Err("pub/sub floor: the key was not free after the release".into());
+        }
+        if i >= warmup {
+            gaps.push(nanos(acquired - sent));
+        }
+    }
+    waiter.abort();
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut releaser)
+        .await?;
+    Ok(dist(&gaps))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1367,6 +1453,10 @@ fn handoff_report(mut run: HandoffRun, floor: Floor) -> Report {
         "<= 3 floor round trips",
         gap_floor <= 3.0,
     );
+    r.row(
+        "  vs pub/sub handoff by hand p50",
+        format!("{:.2} x", gap.p50 / floor.pubsub.p50),
+    );
     r.target(
         "handoff gap p99 / max",
         format!("{} / {}", t(gap.p99), t(gap.max)),
@@ -1396,6 +1486,35 @@ fn handoff_report(mut run: HandoffRun, floor: Floor) -> Report {
             100.0 * same_task as f64 / (n - 1) as f64
         ),
     );
+    let per = run.tasks / run.processes;
+    let mut per_process = vec![0u64; run.processes];
+    for s in &run.sections {
+        per_process[s.task / per] += 1;
+    }
+    let same_process = run
+        .sections
+        .windows(2)
+        .filter(|w| w[0].task / per == w[1].task / per)
+        .count();
+    if run.processes > 1 {
+        r.row(
+            "same process twice in a row",
+            format!(
+                "{:.1} % of handoffs (even spread: {:.0} %)",
+                100.0 * same_process as f64 / (n - 1) as f64,
+                100.0 / run.processes as f64
+            ),
+        );
+        r.row(
+            "sections per process",
+            per_process
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" / "),
+        );
+    }
+
     if run.processes == 1 {
         r.target(
             "round trips per acquisition",
@@ -1438,6 +1557,15 @@ fn handoff_report(mut run: HandoffRun, floor: Floor) -> Report {
     r.set(
         "same_task_twice_pct",
         json!(round3(100.0 * same_task as f64 / (n - 1) as f64)),
+    );
+    r.set("per_process", json!(per_process));
+    r.set(
+        "same_process_twice_pct",
+        json!(round3(100.0 * same_process as f64 / (n - 1) as f64)),
+    );
+    r.set(
+        "gap_p50_pubsub_floor",
+        json!(round3(gap.p50 / floor.pubsub.p50)),
     );
     r.set("round_trips_per_acquisition", json!(round3(round_trips)));
     r.set("subscriber_commands", json!(run.subscriber_commands));
