@@ -60,15 +60,20 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     let GuardedFn {
         attrs, vis, sig, ..
     } = func;
-    let locks_var = Ident::new("__lock_guard_locks", Span::mixed_site());
     let key_var = Ident::new("__lock_guard_key", Span::mixed_site());
 
-    let locks = match plan.locks {
+    // `locks = <expr>` is evaluated before the body moves `self` (or anything else) away.
+    let (take_locks, locks) = match plan.locks {
         Some(expr) => {
+            let locks_var = Ident::new("__lock_guard_locks", Span::mixed_site());
             let expr = borrowable(expr);
-            quote_spanned!(expr.span()=> ::lock_guard::__private::locks(&#expr))
+            let take = quote_spanned!(expr.span()=> ::lock_guard::__private::locks(&#expr));
+            (
+                quote!(let #locks_var = #take;),
+                locks_var.into_token_stream(),
+            )
         }
-        None => quote!(::core::option::Option::None),
+        None => (TokenStream::new(), quote!(::core::option::Option::None)),
     };
 
     let name = plan.name;
@@ -88,25 +93,17 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     // type rather than on the attribute. It lives only in its own block, so it cannot clash.
     let fake = Ident::new("__lock_guard_return", ret_span);
     let fake_return_edge = quote_spanned! {ret_span=>
-        #[allow(
-            unreachable_code,
-            clippy::diverging_sub_expression,
-            clippy::let_unit_value,
-            clippy::unreachable,
-            clippy::needless_return
-        )]
         if false {
-            let #fake: #ret = ::core::unreachable!();
-            ::lock_guard::__private::check_return(&#fake);
+            let #fake: #ret = ::lock_guard::__private::fake_return();
             return #fake;
         }
     };
     let inner_attrs = &plan.body.inner_attrs;
     let block = &plan.body.block;
-    // `check_return` above and `run` both need `E: From<LockError>`; with the call spanned on the
-    // return type too, rustc reports only the first, with its message, on the return type.
+    // `fake_return` above and `run` both need `E: From<LockError>`: with both calls spanned on the
+    // return type, rustc reports only the first (with its on_unimplemented message) there.
     let run = quote_spanned! {ret_span=>
-        ::lock_guard::__private::run(#locks_var, #key_var, #options, async move {
+        ::lock_guard::__private::run(#locks, #key_var, #options, async move {
             #fake_return_edge
             #block
         })
@@ -117,7 +114,7 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
         #(#attrs)*
         #vis #sig {
             #inner_attrs
-            let #locks_var = #locks;
+            #take_locks
             let #key_var = #key;
             #run
         }
@@ -227,23 +224,14 @@ mod tests {
         );
         let expected = quote! {
             async fn add_keyword(user: UserId, word: String, db: &Db) -> Result<Keyword, AppError> {
-                let __lock_guard_locks = ::core::option::Option::None;
                 let __lock_guard_key = ::lock_guard::__private::part(::lock_guard::__private::key("keyword"), &user);
                 ::lock_guard::__private::run(
-                    __lock_guard_locks,
+                    ::core::option::Option::None,
                     __lock_guard_key,
                     ::lock_guard::__private::options(5000, ::core::option::Option::Some(3000), ::core::option::Option::None),
                     async move {
-                        #[allow(
-                            unreachable_code,
-                            clippy::diverging_sub_expression,
-                            clippy::let_unit_value,
-                            clippy::unreachable,
-                            clippy::needless_return
-                        )]
                         if false {
-                            let __lock_guard_return: Result<Keyword, AppError> = ::core::unreachable!();
-                            ::lock_guard::__private::check_return(&__lock_guard_return);
+                            let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();
                             return __lock_guard_return;
                         }
                         { Ok(k) }

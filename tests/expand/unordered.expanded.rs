@@ -1,0 +1,32 @@
+//! `key = lock_guard::unordered(a, b)`: `like(7, 9)` and `like(9, 7)` take one lock; an early
+//! `return` in the body.
+use lock_guard::{LockError, concurrency_guard};
+pub async fn like(from: u64, to: u64) -> Result<Option<(u64, u64)>, LockError> {
+    let __lock_guard_key = ::lock_guard::__private::part(
+        ::lock_guard::__private::key("match"),
+        &lock_guard::unordered(from, to),
+    );
+    ::lock_guard::__private::run(
+            ::core::option::Option::None,
+            __lock_guard_key,
+            ::lock_guard::__private::options(
+                250,
+                ::core::option::Option::Some(1500),
+                ::core::option::Option::None,
+            ),
+            async move {
+                if false {
+                    let __lock_guard_return: Result<Option<(u64, u64)>, LockError> = ::lock_guard::__private::fake_return();
+                    return __lock_guard_return;
+                }
+                {
+                    if from == to {
+                        return Ok(None);
+                    }
+                    Ok(Some((from, to)))
+                }
+            },
+        )
+        .await
+}
+fn main() {}
