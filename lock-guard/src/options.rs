@@ -21,8 +21,8 @@ pub enum Lease {
 /// ```
 /// use std::time::Duration;
 /// use lock_guard::LockOptions;
-/// let opts = LockOptions::new().wait(Duration::from_millis(250)).lease(Duration::from_secs(10));
-/// assert_eq!(opts.timeout_or_default(), Some(Duration::from_millis(6666)));
+/// let opts = LockOptions::new().wait(Duration::from_millis(250)).lease(Duration::from_secs(9));
+/// assert_eq!(opts.timeout_or_default(), Some(Duration::from_secs(6)));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockOptions {
