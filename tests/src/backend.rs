@@ -13,7 +13,10 @@ use crate::RedisServer;
 /// backend is shared by clones only).
 pub struct Backend {
     kind: Kind,
+    configure: Configure,
 }
+
+type Configure = Box<dyn Fn(LockManagerBuilder) -> LockManagerBuilder + Send + Sync>;
 
 enum Kind {
     Redis(RedisServer),
@@ -25,6 +28,7 @@ impl Backend {
     pub fn redis() -> Backend {
         Backend {
             kind: Kind::Redis(RedisServer::start()),
+            configure: Box::new(|b| b),
         }
     }
 
@@ -32,6 +36,7 @@ impl Backend {
     pub fn memory() -> Backend {
         Backend {
             kind: Kind::Memory(LockManager::memory()),
+            configure: Box::new(|b| b),
         }
     }
 
@@ -59,10 +64,26 @@ impl Backend {
         }
     }
 
+    /// Sets the configuration of the managers handed out from now on (e.g. a short watchdog
+    /// lease). On memory this starts a fresh lock space built with it
+    /// ([`LockManagerBuilder::build_memory`]): call it before taking managers.
+    pub fn configure<F>(&mut self, configure: F)
+    where
+        F: Fn(LockManagerBuilder) -> LockManagerBuilder + Send + Sync + 'static,
+    {
+        if let Kind::Memory(manager) = &mut self.kind {
+            *manager = configure(LockManager::builder()).build_memory();
+        }
+        self.configure = Box::new(configure);
+    }
+
     /// A manager on this lock space, as another service instance would have.
     pub async fn manager(&self) -> LockManager {
         match &self.kind {
-            Kind::Redis(server) => server.manager().await,
+            Kind::Redis(server) => {
+                let built = (self.configure)(server.builder()).build().await;
+                built.unwrap_or_else(|e| panic!("a lock manager on {}: {e}", server.port()))
+            }
             Kind::Memory(manager) => manager.clone(),
         }
     }
