@@ -36,14 +36,7 @@ impl Exporter {
             .await
     }
     async fn fetch(&self, job: u64) -> Result<Vec<u64>, LockError> {
-        Ok(
-            ::alloc::boxed::box_assume_init_into_vec_unsafe(
-                ::alloc::intrinsics::write_box_via_move(
-                    ::alloc::boxed::Box::new_uninit(),
-                    [job],
-                ),
-            ),
-        )
+        Ok(Vec::from([job]))
     }
 }
 fn main() {}

@@ -14,7 +14,7 @@ impl Exporter {
     }
 
     async fn fetch(&self, job: u64) -> Result<Vec<u64>, LockError> {
-        Ok(vec![job])
+        Ok(Vec::from([job]))
     }
 }
 
