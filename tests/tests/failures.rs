@@ -141,6 +141,38 @@ async fn failed_release_keeps_the_body_result() {
     assert!(start.elapsed() < BOUNDED, "took {:?}", start.elapsed());
 }
 
+/// Redis restarts between two calls: the next call runs on a fresh connection instead of failing
+/// on the dead pooled one — also when several pooled connections died at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_between_calls_is_invisible() {
+    let mut server = RedisServer::start();
+    let locks = manager(&server).await;
+    let key = LockKey::new("failures").part("restart");
+    // Eight calls at once, so the pool holds several connections.
+    let mut set = JoinSet::new();
+    for i in 0..8 {
+        let locks = locks.clone();
+        set.spawn(async move {
+            let key = LockKey::new("failures").part(i);
+            locks
+                .run(&key, LockOptions::new(), async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, LockError>(())
+                })
+                .await
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    server.restart();
+    for round in 0..3 {
+        let guard = locks.lock(&key, LockOptions::new()).await;
+        let guard = guard.unwrap_or_else(|e| panic!("call {round} after the restart failed: {e}"));
+        assert!(guard.release().await.unwrap());
+    }
+}
+
 /// A pool of one connection and twelve calls against a paused Redis: each call fails in bounded
 /// time (checkout or command timeout), none waits forever for the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
