@@ -306,8 +306,9 @@ async fn waiters_do_not_poll() {
     );
 }
 
-/// Sixteen waiters on one instance: each release wakes only the head of the local queue, so the
-/// hand-offs cost about an acquisition and a release per waiter, not a stampede of failed tries.
+/// Sixteen waiters on one instance, queued one after the other: each release wakes only the head
+/// of the local queue, so the hand-offs cost an acquisition and a release per waiter — not a
+/// stampede of failed tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_wakes_one_local_waiter_not_all() {
     const WAITERS: u64 = 16;
@@ -315,16 +316,14 @@ async fn release_wakes_one_local_waiter_not_all() {
     let holder = server.manager().await;
     let waiters = server.manager().await;
     let key = LockKey::new("waiting").part("one-woken");
+    let failed_tries = || async {
+        let calls = server.command_calls().await;
+        calls.get("pttl").copied().unwrap_or(0)
+    };
     let held = holder.lock(&key, held_long()).await.unwrap();
-    let start = waiters.metrics().commands;
-    let held_tries_before = server
-        .command_calls()
-        .await
-        .get("pttl")
-        .copied()
-        .unwrap_or(0);
+    let (arrival_commands, arrival_failed) = (waiters.metrics().commands, failed_tries().await);
     let mut set = JoinSet::new();
-    for _ in 0..WAITERS {
+    for i in 0..WAITERS {
         let (locks, key) = (waiters.clone(), key.clone());
         set.spawn(async move {
             let options = LockOptions::new().wait(Duration::from_secs(20));
@@ -332,33 +331,44 @@ async fn release_wakes_one_local_waiter_not_all() {
                 .run(&key, options, async { Ok::<_, LockError>(()) })
                 .await
         });
+        until_waiters(&waiters, i as usize + 1).await;
     }
-    until_waiters(&waiters, WAITERS as usize).await;
+    let (handoff_commands, handoff_failed) = (waiters.metrics().commands, failed_tries().await);
     assert!(held.release().await.unwrap());
     while let Some(joined) = set.join_next().await {
         joined.unwrap().expect("every waiter gets the lock");
     }
-    let commands = waiters.metrics().commands - start;
-    let held_tries = server
-        .command_calls()
-        .await
-        .get("pttl")
-        .copied()
-        .unwrap_or(0)
-        - held_tries_before;
+    let arrival = (
+        handoff_commands - arrival_commands,
+        handoff_failed - arrival_failed,
+    );
+    let handoff = (
+        waiters.metrics().commands - handoff_commands,
+        failed_tries().await - handoff_failed,
+    );
     eprintln!(
-        "one woken: {WAITERS} local waiters cost {commands} commands, {held_tries} of them failed tries"
+        "one woken: {WAITERS} local waiters: arrival {} commands ({} failed tries), \
+         hand-offs {} commands ({} failed tries)",
+        arrival.0, arrival.1, handoff.0, handoff.1
     );
-    // Linear: the head's two tries before it sleeps, an acquisition and a release per waiter, and
-    // a failed try per hand-off at worst (a release message that arrives after a local hand-off).
-    // Waking every waiter on each release would cost about WAITERS²/2 = 128 failed tries.
+    // Arrival: the head tries, subscribes and tries again; the others only queue.
     assert!(
-        held_tries <= 2 * WAITERS,
-        "{held_tries} failed tries for {WAITERS} waiters"
+        arrival.0 <= 2,
+        "{} commands to queue {WAITERS} waiters",
+        arrival.0
+    );
+    // Hand-offs: an acquisition and a release per waiter, and at most a stray failed try (a
+    // release message racing a local hand-off). Waking every waiter on each release would cost
+    // about WAITERS²/2 = 128 failed tries.
+    assert!(
+        handoff.1 <= 2,
+        "{} failed tries during the hand-offs",
+        handoff.1
     );
     assert!(
-        commands <= 4 * WAITERS,
-        "{commands} commands for {WAITERS} waiters"
+        handoff.0 <= 2 * WAITERS + 2,
+        "{} commands for {WAITERS} hand-offs",
+        handoff.0
     );
 }
 
