@@ -10,7 +10,11 @@ pub struct AppState {
 }
 
 #[concurrency_guard(name = "invoice", key = (tenant, event.id), timeout = 2s, locks = &state.locks)]
-pub async fn create_invoice(tenant: &str, event: Event, state: &AppState) -> Result<u64, LockError> {
+pub async fn create_invoice(
+    tenant: &str,
+    event: Event,
+    state: &AppState,
+) -> Result<u64, LockError> {
     Ok(event.id)
 }
 
