@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::error::Error;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -307,7 +308,7 @@ async fn bench(args: &Args, url: &str) -> Res<bool> {
                 handoff_processes(&ctx, &mut inspect, floor.expect("measured")).await?
             }
             "idle_wait" => idle_wait(&ctx, &mut inspect).await?,
-            "distinct" => distinct(&ctx).await?,
+            "distinct" => distinct(&ctx, &mut inspect).await?,
             "macro" => macro_overhead(&ctx).await?,
             _ => unreachable!("checked by the parser"),
         };
@@ -508,6 +509,17 @@ impl Inspect {
         })
     }
 
+    /// Seconds of CPU the server has used (`used_cpu_sys` + `used_cpu_user`).
+    async fn server_cpu(&mut self) -> Res<f64> {
+        let info = self.info("cpu").await?;
+        let get = |k: &str| -> Res<f64> {
+            Ok(field(&info, k)
+                .and_then(|v| v.parse().ok())
+                .ok_or("INFO cpu lacks used_cpu_*")?)
+        };
+        Ok(get("used_cpu_sys")? + get("used_cpu_user")?)
+    }
+
     async fn clients(&mut self) -> Res<Vec<ClientInfo>> {
         self.sent += 1;
         let list: String = redis::cmd("CLIENT")
@@ -567,6 +579,13 @@ impl Delta {
         let total =
             (after.total - before.total).saturating_sub(after.inspect_sent - before.inspect_sent);
         Delta { library, total }
+    }
+
+    fn add(&mut self, other: &Delta) {
+        for (name, n) in &other.library {
+            *self.library.entry(name.clone()).or_default() += n;
+        }
+        self.total += other.total;
     }
 
     fn library_total(&self) -> u64 {
@@ -925,24 +944,62 @@ async fn uncontended(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<Repo
     for _ in 0..ctx.sizes.warmup {
         locks.lock(&key, options).await?.release().await?;
     }
-    let m0 = locks.metrics();
-    let s0 = inspect.snapshot().await?;
+    // Blocks of the library's loop alternate with blocks of raw `EVALSHA`s on a connection like
+    // the library's, so the ratio compares the two under the same conditions.
+    let mut conn = connection(&ctx.url).await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 1")
+        .query_async(&mut conn)
+        .await?;
+    let blocks = 10;
+    let per_block = n.div_ceil(blocks);
     let mut lat = Vec::with_capacity(n);
-    let start = Instant::now();
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let guard = locks.lock(&key, options).await?;
-        guard.release().await?;
-        lat.push(nanos(t0.elapsed()));
+    let mut raw = Vec::with_capacity(n);
+    let mut delta = Delta::default();
+    let (mut sent, mut elapsed, mut server_cpu, mut client_secs) = (0, Duration::ZERO, 0.0, 0.0);
+    let mut raw_client_secs = 0.0;
+    for _ in 0..blocks {
+        let client0 = client_cpu()?;
+        for _ in 0..per_block {
+            let t0 = Instant::now();
+            redis::cmd("EVALSHA")
+                .arg(&sha)
+                .arg(0)
+                .query_async::<i64>(&mut conn)
+                .await?;
+            raw.push(nanos(t0.elapsed()));
+        }
+        raw_client_secs += client_cpu()? - client0;
+        let m0 = locks.metrics();
+        let (server0, client0) = (inspect.server_cpu().await?, client_cpu()?);
+        let s0 = inspect.snapshot().await?;
+        let start = Instant::now();
+        for _ in 0..per_block {
+            let t0 = Instant::now();
+            let guard = locks.lock(&key, options).await?;
+            guard.release().await?;
+            lat.push(nanos(t0.elapsed()));
+        }
+        elapsed += start.elapsed();
+        let s1 = inspect.snapshot().await?;
+        let (server1, client1) = (inspect.server_cpu().await?, client_cpu()?);
+        let m1 = locks.metrics();
+        delta.add(&Delta::between(&s0, &s1));
+        sent += m1.commands - m0.commands;
+        server_cpu += server1 - server0;
+        client_secs += client1 - client0;
     }
-    let elapsed = start.elapsed();
-    let s1 = inspect.snapshot().await?;
-    let m1 = locks.metrics();
+    let n = lat.len();
     let d = dist(&lat);
-    let delta = Delta::between(&s0, &s1);
-    let round_trips = (m1.commands - m0.commands) as f64 / n as f64;
+    let evalsha = dist(&raw);
+    let server_us = server_cpu * 1e6 / n as f64;
+    let client_us = client_secs * 1e6 / n as f64;
+    let raw_client_us = raw_client_secs * 1e6 / raw.len() as f64;
+    let round_trips = sent as f64 / n as f64;
     let commands = delta.library_total() as f64 / n as f64;
-    let ratio = d.p50 / (2.0 * floor.evalsha.p50);
+    let ratio = d.p50 / (2.0 * evalsha.p50);
+    let ratio_floor = d.p50 / (2.0 * floor.evalsha.p50);
     let ops = n as f64 / elapsed.as_secs_f64();
 
     let mut r = Report::new("uncontended");
@@ -955,16 +1012,30 @@ async fn uncontended(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<Repo
         "round trips per acquire+release",
         format!("{round_trips:.3}"),
         "exactly 2",
-        m1.commands - m0.commands == 2 * n as u64,
+        sent == 2 * n as u64,
     );
     r.row(
         "Redis commands per acquire+release",
         format!("{commands:.2}"),
     );
     r.row("  by command", delta.breakdown(n as f64));
+    r.row(
+        "CPU per acquire+release",
+        format!(
+            "server {server_us:.1} µs, client {client_us:.1} µs (raw EVALSHA: client {raw_client_us:.1} µs)"
+        ),
+    );
+    r.row(
+        "EVALSHA p50 in alternate blocks",
+        format!(
+            "{} (floor scenario: {})",
+            t(evalsha.p50),
+            t(floor.evalsha.p50)
+        ),
+    );
     r.target(
-        "p50 / (2 x floor EVALSHA p50)",
-        format!("{ratio:.3}"),
+        "p50 / (2 x EVALSHA p50 alongside)",
+        format!("{ratio:.3} (to the floor scenario: {ratio_floor:.3})"),
         "<= 1.15",
         ratio <= 1.15,
     );
@@ -975,7 +1046,12 @@ async fn uncontended(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<Repo
     r.set("round_trips_per_acquisition", json!(round3(round_trips)));
     r.set("redis_commands_per_acquisition", json!(round3(commands)));
     r.set("redis_commands_by_name", delta.json(n as f64));
+    r.set("evalsha_alongside_p50_us", json!(us(evalsha.p50)));
     r.set("ratio_to_floor", json!(round3(ratio)));
+    r.set("ratio_to_floor_scenario", json!(round3(ratio_floor)));
+    r.set("server_cpu_us_per_op", json!(round3(server_us)));
+    r.set("client_cpu_us_per_op", json!(round3(client_us)));
+    r.set("raw_evalsha_client_cpu_us", json!(round3(raw_client_us)));
     progress(&format!(
         "uncontended: {ops:.0}/s, p50 {}, {round_trips:.2} round trips, ratio {ratio:.3}",
         t(d.p50)
@@ -1782,7 +1858,78 @@ const POOL: usize = 32;
 const COMPARE_AND_DELETE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
-async fn distinct(ctx: &Ctx) -> Res<Report> {
+/// Throughput and CPU of one way of taking distinct locks, over the rounds.
+#[derive(Debug, Default)]
+struct Variant {
+    ops: Vec<f64>,
+    /// Server CPU (`INFO cpu`) and client CPU (every thread of this process) per acquire+release,
+    /// in µs.
+    server_us: Vec<f64>,
+    client_us: Vec<f64>,
+}
+
+impl Variant {
+    async fn measure<F>(&mut self, inspect: &mut Inspect, keys: usize, run: F) -> Res<()>
+    where
+        F: Future<Output = Res<f64>>,
+    {
+        let (server0, client0) = (inspect.server_cpu().await?, client_cpu()?);
+        let secs = run.await?;
+        let (server1, client1) = (inspect.server_cpu().await?, client_cpu()?);
+        self.ops.push(keys as f64 / secs);
+        self.server_us.push((server1 - server0) * 1e6 / keys as f64);
+        self.client_us.push((client1 - client0) * 1e6 / keys as f64);
+        Ok(())
+    }
+
+    fn median(v: &[f64]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    fn ops(&self) -> f64 {
+        Self::median(&self.ops)
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "{:.0}/s (rounds: {}); CPU/op: server {:.1} µs, client {:.1} µs",
+            self.ops(),
+            list(&self.ops),
+            Self::median(&self.server_us),
+            Self::median(&self.client_us)
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "ops_per_s": self.ops().round(),
+            "rounds_ops_per_s": self.ops.iter().map(|x| x.round()).collect::<Vec<_>>(),
+            "server_cpu_us_per_op": round3(Self::median(&self.server_us)),
+            "client_cpu_us_per_op": round3(Self::median(&self.client_us)),
+        })
+    }
+}
+
+/// CPU time of every thread of this process so far, in seconds.
+fn client_cpu() -> Res<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(path) {
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+async fn distinct(ctx: &Ctx, inspect: &mut Inspect) -> Res<Report> {
     let (keys, tasks) = (ctx.sizes.distinct_keys, ctx.sizes.distinct_tasks);
     progress(&format!(
         "distinct: {tasks} tasks over {keys} keys, library vs SET NX PX + compare-and-delete, {} round(s)",
@@ -1811,84 +1958,59 @@ async fn distinct(ctx: &Ctx) -> Res<Report> {
             .runtime(lock_guard::deadpool_redis::Runtime::Tokio1)
             .build()?,
     );
-    // Warm-up: the library's pool fills and its scripts load; the baseline's are ready already.
+    // Warm-up: the pools fill and the library's scripts load.
     distinct_library(&locks, u64::MAX / 2, 2 * POOL, tasks).await?;
-
     distinct_baseline(&deadpool, &sha, &ctx.prefix, u64::MAX / 2, 2 * POOL, tasks).await?;
 
-    let (mut ours, mut theirs, mut pooled) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut pooled) = Default::default();
+    let (ours, theirs, pooled): (&mut Variant, &mut Variant, &mut Variant) =
+        (&mut ours, &mut theirs, &mut pooled);
     // Interleaved rounds on fresh keys, so drift on a shared machine hits all alike.
     for round in 0..ctx.sizes.distinct_rounds {
         let base = (3 * round * keys) as u64;
-        ours.push(keys as f64 / distinct_library(&locks, base, keys, tasks).await?);
+        ours.measure(inspect, keys, distinct_library(&locks, base, keys, tasks))
+            .await?;
         let base = base + keys as u64;
-        theirs.push(
-            keys as f64
-                / distinct_baseline(&connections, &sha, &ctx.prefix, base, keys, tasks).await?,
-        );
+        let run = distinct_baseline(&connections, &sha, &ctx.prefix, base, keys, tasks);
+        theirs.measure(inspect, keys, run).await?;
         let base = base + keys as u64;
-        pooled.push(
-            keys as f64
-                / distinct_baseline(&deadpool, &sha, &ctx.prefix, base, keys, tasks).await?,
-        );
+        let run = distinct_baseline(&deadpool, &sha, &ctx.prefix, base, keys, tasks);
+        pooled.measure(inspect, keys, run).await?;
     }
-    let median = |v: &mut Vec<f64>| {
-        let mut v = v.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (ours_m, theirs_m, pooled_m) =
-        (median(&mut ours), median(&mut theirs), median(&mut pooled));
-    let ratio = ours_m / theirs_m;
+    let ratio = ours.ops() / theirs.ops();
     let mut r = Report::new("distinct");
     r.row(
         "tasks / keys / pool",
         format!("{tasks} / {keys} / {POOL} connections"),
     );
-    r.row(
-        "lock-guard acquire+release / s",
-        format!("{ours_m:.0} (rounds: {})", list(&ours)),
-    );
-    r.row(
-        "SET NX PX + EVALSHA del / s (32 conns)",
-        format!("{theirs_m:.0} (rounds: {})", list(&theirs)),
-    );
+    r.row("lock-guard acquire+release", ours.row());
+    r.row("SET NX PX + EVALSHA del, 32 conns", theirs.row());
     r.target(
         "lock-guard / baseline",
         format!("{ratio:.3}"),
         ">= 0.8",
         ratio >= 0.8,
     );
+    r.row("same on deadpool-redis (PING/checkout)", pooled.row());
     r.row(
-        "  same on deadpool-redis (PING per checkout)",
-        format!(
-            "{pooled_m:.0}/s (rounds: {}); lock-guard / it {:.3}",
-            list(&pooled),
-            ours_m / pooled_m
-        ),
+        "  lock-guard / deadpool-redis baseline",
+        format!("{:.3}", ours.ops() / pooled.ops()),
     );
     r.set("tasks", json!(tasks));
     r.set("keys", json!(keys));
     r.set("pool", json!(POOL));
-    r.set("ops_per_s", json!(ours_m.round()));
-    r.set("baseline_ops_per_s", json!(theirs_m.round()));
-    r.set(
-        "rounds_ops_per_s",
-        json!(ours.iter().map(|x| x.round()).collect::<Vec<_>>()),
-    );
-    r.set(
-        "rounds_baseline_ops_per_s",
-        json!(theirs.iter().map(|x| x.round()).collect::<Vec<_>>()),
-    );
+    r.set("lock_guard", ours.json());
+    r.set("baseline", theirs.json());
+    r.set("deadpool_baseline", pooled.json());
     r.set("ratio", json!(round3(ratio)));
-    r.set("deadpool_baseline_ops_per_s", json!(pooled_m.round()));
     r.set(
-        "rounds_deadpool_baseline_ops_per_s",
-        json!(pooled.iter().map(|x| x.round()).collect::<Vec<_>>()),
+        "ratio_to_deadpool",
+        json!(round3(ours.ops() / pooled.ops())),
     );
-    r.set("ratio_to_deadpool", json!(round3(ours_m / pooled_m)));
     progress(&format!(
-        "distinct: {ours_m:.0}/s vs baseline {theirs_m:.0}/s, ratio {ratio:.3}"
+        "distinct: {:.0}/s vs baseline {:.0}/s, ratio {ratio:.3}",
+        ours.ops(),
+        theirs.ops()
     ));
     Ok(r.finish())
 }
