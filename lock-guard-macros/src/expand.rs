@@ -8,11 +8,11 @@ use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::visit_mut::VisitMut;
-use syn::{Expr, Token, Type};
+use syn::{Token, Type};
 
 use crate::attr::{Args, Duration, Lease};
 use crate::item::GuardedFn;
-use crate::validate::{self, Plan};
+use crate::validate::{self, Plan, borrowable};
 
 /// The attribute: parse, check, generate.
 pub(crate) fn concurrency_guard(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -166,23 +166,6 @@ fn options(plan: &Plan<'_>) -> TokenStream {
         }
     }
     options
-}
-
-/// An expression that `&` borrows whole: parenthesized unless it is a place, call or literal.
-fn borrowable(expr: &Expr) -> TokenStream {
-    match expr {
-        Expr::Path(_)
-        | Expr::Field(_)
-        | Expr::MethodCall(_)
-        | Expr::Call(_)
-        | Expr::Lit(_)
-        | Expr::Index(_)
-        | Expr::Paren(_)
-        | Expr::Macro(_)
-        | Expr::Tuple(_)
-        | Expr::Reference(_) => expr.to_token_stream(),
-        _ => quote!((#expr)),
-    }
 }
 
 /// Replaces every `impl Trait` in a type with `_`, so it can annotate a `let`.

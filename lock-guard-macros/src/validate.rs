@@ -242,29 +242,28 @@ fn pretty(ty: &Type) -> String {
     text
 }
 
-/// One key part: the expression, parenthesized unless it is a simple place or call, so that
-/// `&#expr` borrows all of it.
+/// One key part, and where to report it if it is not `Display`.
 fn part(expr: &Expr) -> Part {
-    let simple = matches!(
-        expr,
-        Expr::Path(_)
-            | Expr::Field(_)
-            | Expr::MethodCall(_)
-            | Expr::Call(_)
-            | Expr::Lit(_)
-            | Expr::Index(_)
-            | Expr::Paren(_)
-            | Expr::Macro(_)
-            | Expr::Tuple(_)
-            | Expr::Reference(_)
-    );
     Part {
-        expr: if simple {
-            expr.to_token_stream()
-        } else {
-            quote!((#expr))
-        },
+        expr: borrowable(expr),
         span: expr.span(),
+    }
+}
+
+/// An expression that `&` borrows whole: parenthesized unless it is a place, call or literal.
+pub(crate) fn borrowable(expr: &Expr) -> TokenStream {
+    match expr {
+        Expr::Path(_)
+        | Expr::Field(_)
+        | Expr::MethodCall(_)
+        | Expr::Call(_)
+        | Expr::Lit(_)
+        | Expr::Index(_)
+        | Expr::Paren(_)
+        | Expr::Macro(_)
+        | Expr::Tuple(_)
+        | Expr::Reference(_) => expr.to_token_stream(),
+        _ => quote!((#expr)),
     }
 }
 
