@@ -73,7 +73,10 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
                 locks_var.into_token_stream(),
             )
         }
-        None => (TokenStream::new(), quote!(::core::option::Option::None)),
+        None => (
+            TokenStream::new(),
+            quote!(::lock_guard::__private::default_locks()),
+        ),
     };
 
     let name = plan.name;
@@ -121,33 +124,31 @@ fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     }
 }
 
-/// `::lock_guard::__private::options(wait_ms, lease_ms, timeout_ms)`, from the literals, then the
-/// builder methods for arguments given as `Duration` expressions.
+/// `::lock_guard::__private::options(wait_ms).lease_ms(ms)` (or `.watchdog()`), then
+/// `.timeout_ms(ms)` when a timeout is given, from the literals; arguments given as `Duration`
+/// expressions become the public builder methods (`.wait(expr)`, …).
 fn options(plan: &Plan<'_>) -> TokenStream {
-    fn millis(d: Option<&Duration>, default: Option<u64>) -> Option<u64> {
+    fn millis(d: Option<&Duration>) -> Option<u64> {
         match d {
             Some(Duration::Literal { millis, .. }) => Some(*millis),
-            Some(Duration::Expr(_)) | None => default,
+            Some(Duration::Expr(_)) | None => None,
         }
     }
-    fn some(ms: Option<u64>) -> TokenStream {
-        match ms {
-            Some(ms) => {
-                let ms = Literal::u64_unsuffixed(ms);
-                quote!(::core::option::Option::Some(#ms))
-            }
-            None => quote!(::core::option::Option::None),
+    let wait = Literal::u64_unsuffixed(millis(plan.wait).unwrap_or(5_000));
+    let mut options = quote!(::lock_guard::__private::options(#wait));
+    match plan.lease {
+        Some(Lease::Watchdog) => options = quote!(#options.watchdog()),
+        Some(Lease::Duration(Duration::Expr(_))) => {}
+        Some(Lease::Duration(d)) => {
+            let ms = Literal::u64_unsuffixed(millis(Some(d)).unwrap_or(3_000));
+            options = quote!(#options.lease_ms(#ms));
         }
+        None => options = quote!(#options.lease_ms(3000)),
     }
-    let wait = Literal::u64_unsuffixed(millis(plan.wait, Some(5_000)).unwrap_or(5_000));
-    let lease = match plan.lease {
-        Some(Lease::Watchdog) => None,
-        Some(Lease::Duration(d)) => millis(Some(d), Some(3_000)),
-        None => Some(3_000),
-    };
-    let timeout = some(millis(plan.timeout, None));
-    let lease = some(lease);
-    let mut options = quote!(::lock_guard::__private::options(#wait, #lease, #timeout));
+    if let Some(ms) = millis(plan.timeout) {
+        let ms = Literal::u64_unsuffixed(ms);
+        options = quote!(#options.timeout_ms(#ms));
+    }
     let expressions = [
         ("wait", plan.wait),
         (
@@ -209,9 +210,9 @@ mod tests {
             async fn add_keyword(user: UserId, word: String, db: &Db) -> Result<Keyword, AppError> {
                 let __lock_guard_key = ::lock_guard::__private::part(::lock_guard::__private::key("keyword"), &user);
                 ::lock_guard::__private::run(
-                    ::core::option::Option::None,
+                    ::lock_guard::__private::default_locks(),
                     __lock_guard_key,
-                    ::lock_guard::__private::options(5000, ::core::option::Option::Some(3000), ::core::option::Option::None),
+                    ::lock_guard::__private::options(5000).lease_ms(3000),
                     async move {
                         if false {
                             let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();
@@ -244,13 +245,10 @@ mod tests {
         assert!(
             out.contains(
                 &quote!(
-                    ::lock_guard::__private::options(
-                        5000,
-                        ::core::option::Option::Some(3000),
-                        ::core::option::Option::Some(1000)
-                    )
-                    .wait(WAIT)
-                    .lease(Duration::from_secs(9))
+                    ::lock_guard::__private::options(5000)
+                        .timeout_ms(1000)
+                        .wait(WAIT)
+                        .lease(Duration::from_secs(9))
                 )
                 .to_string()
             ),
@@ -279,11 +277,7 @@ mod tests {
                 ::lock_guard::__private::part(::lock_guard::__private::key("t"), &self.id),
                 &(other + 1)
             )),
-            quote!(::lock_guard::__private::options(
-                5000,
-                ::core::option::Option::None,
-                ::core::option::Option::None
-            )),
+            quote!(::lock_guard::__private::options(5000).watchdog()),
         ] {
             assert!(out.contains(&expected.to_string()), "{expected} in {out}");
         }

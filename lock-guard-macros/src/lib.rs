@@ -132,13 +132,9 @@ use proc_macro::TokenStream;
 ///         &user,
 ///     );
 ///     ::lock_guard::__private::run(
-///             ::core::option::Option::None,
+///             ::lock_guard::__private::default_locks(),
 ///             __lock_guard_key,
-///             ::lock_guard::__private::options(
-///                 5000,
-///                 ::core::option::Option::Some(3000),
-///                 ::core::option::Option::None,
-///             ),
+///             ::lock_guard::__private::options(5000).lease_ms(3000),
 ///             async move {
 ///                 if false {
 ///                     let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();
@@ -155,7 +151,7 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
-/// `None` is "the process default manager" (`locks = self.locks` gives
+/// `default_locks()` is "the process default manager, at call time" (`locks = self.locks` gives
 /// `let __lock_guard_locks = ::lock_guard::__private::locks(&self.locks);` before the body). The
 /// `if false` block never runs: it gives `return` and `?` in the body the function's return type.
 /// Injected names cannot clash with the function's own.

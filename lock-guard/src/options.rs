@@ -72,6 +72,18 @@ impl LockOptions {
         self
     }
 
+    /// [`lease`](Self::lease) in milliseconds, for the attribute's expansion.
+    #[doc(hidden)]
+    pub const fn lease_ms(self, ms: u64) -> Self {
+        self.lease(Duration::from_millis(ms))
+    }
+
+    /// [`timeout`](Self::timeout) in milliseconds, for the attribute's expansion.
+    #[doc(hidden)]
+    pub const fn timeout_ms(self, ms: u64) -> Self {
+        self.timeout(Duration::from_millis(ms))
+    }
+
     /// The configured wait.
     pub const fn get_wait(&self) -> Duration {
         self.wait

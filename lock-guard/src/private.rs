@@ -30,19 +30,11 @@ pub fn default_locks() -> Option<LockManager> {
     None
 }
 
-/// The attribute's options, in milliseconds; `lease_ms: None` is a watchdog lease.
+/// The attribute's options: `options(wait_ms).lease_ms(ms)` or `.watchdog()`, then
+/// `.timeout_ms(ms)`.
 #[inline]
-pub const fn options(wait_ms: u64, lease_ms: Option<u64>, timeout_ms: Option<u64>) -> LockOptions {
-    use std::time::Duration;
-    let o = LockOptions::new().wait(Duration::from_millis(wait_ms));
-    let o = match lease_ms {
-        Some(l) => o.lease(Duration::from_millis(l)),
-        None => o.watchdog(),
-    };
-    match timeout_ms {
-        Some(t) => o.timeout(Duration::from_millis(t)),
-        None => o,
-    }
+pub const fn options(wait_ms: u64) -> LockOptions {
+    LockOptions::new().wait(std::time::Duration::from_millis(wait_ms))
 }
 
 /// The closure form, as the attribute calls it: `locks` or else the default manager.

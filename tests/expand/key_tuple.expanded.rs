@@ -19,11 +19,7 @@ pub async fn create_invoice(
     ::lock_guard::__private::run(
             __lock_guard_locks,
             __lock_guard_key,
-            ::lock_guard::__private::options(
-                5000,
-                ::core::option::Option::Some(3000),
-                ::core::option::Option::Some(2000),
-            ),
+            ::lock_guard::__private::options(5000).lease_ms(3000).timeout_ms(2000),
             async move {
                 if false {
                     let __lock_guard_return: Result<u64, LockError> = ::lock_guard::__private::fake_return();

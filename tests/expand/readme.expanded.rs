@@ -24,13 +24,9 @@ pub async fn add_keyword(
         &user,
     );
     ::lock_guard::__private::run(
-            ::core::option::Option::None,
+            ::lock_guard::__private::default_locks(),
             __lock_guard_key,
-            ::lock_guard::__private::options(
-                5000,
-                ::core::option::Option::Some(3000),
-                ::core::option::Option::None,
-            ),
+            ::lock_guard::__private::options(5000).lease_ms(3000),
             async move {
                 if false {
                     let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();

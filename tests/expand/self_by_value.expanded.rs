@@ -16,11 +16,7 @@ impl Account {
         ::lock_guard::__private::run(
                 __lock_guard_locks,
                 __lock_guard_key,
-                ::lock_guard::__private::options(
-                    5000,
-                    ::core::option::Option::Some(3000),
-                    ::core::option::Option::None,
-                ),
+                ::lock_guard::__private::options(5000).lease_ms(3000),
                 async move {
                     if false {
                         let __lock_guard_return: Result<i64, LockError> = ::lock_guard::__private::fake_return();

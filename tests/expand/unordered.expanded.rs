@@ -7,13 +7,9 @@ pub async fn like(from: u64, to: u64) -> Result<Option<(u64, u64)>, LockError> {
         &lock_guard::unordered(from, to),
     );
     ::lock_guard::__private::run(
-            ::core::option::Option::None,
+            ::lock_guard::__private::default_locks(),
             __lock_guard_key,
-            ::lock_guard::__private::options(
-                250,
-                ::core::option::Option::Some(1500),
-                ::core::option::Option::None,
-            ),
+            ::lock_guard::__private::options(250).lease_ms(1500),
             async move {
                 if false {
                     let __lock_guard_return: Result<Option<(u64, u64)>, LockError> = ::lock_guard::__private::fake_return();

@@ -17,11 +17,7 @@ impl Exporter {
         ::lock_guard::__private::run(
                 __lock_guard_locks,
                 __lock_guard_key,
-                ::lock_guard::__private::options(
-                    0,
-                    ::core::option::Option::None,
-                    ::core::option::Option::Some(120000),
-                ),
+                ::lock_guard::__private::options(0).watchdog().timeout_ms(120000),
                 async move {
                     if false {
                         let __lock_guard_return: Result<_, LockError> = ::lock_guard::__private::fake_return();
