@@ -185,6 +185,10 @@ impl RedisBackend {
                             || e.is_unrecoverable_error() =>
                     {
                         conn.broken = true;
+                        drop(conn);
+                        // The others pooled alongside are most likely dead too (a restart, a
+                        // failover): drop the idle ones rather than meet them one by one.
+                        self.pool.retain(|_, _| false);
                         if retry || e.is_connection_refusal() {
                             return Err(BackendError::Redis(e));
                         }
