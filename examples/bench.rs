@@ -2118,9 +2118,8 @@ async fn distinct(ctx: &Ctx, inspect: &mut Inspect) -> Res<Report> {
     distinct_library(&locks, u64::MAX / 2, 2 * POOL, tasks).await?;
     distinct_baseline(&deadpool, &sha, &ctx.prefix, u64::MAX / 2, 2 * POOL, tasks).await?;
 
-    let (mut ours, mut theirs, mut pooled) = Default::default();
-    let (ours, theirs, pooled): (&mut Variant, &mut Variant, &mut Variant) =
-        (&mut ours, &mut theirs, &mut pooled);
+    let (mut ours, mut theirs, mut pooled) =
+        (Variant::default(), Variant::default(), Variant::default());
     // Interleaved rounds on fresh keys, so drift on a shared machine hits all alike.
     for round in 0..ctx.sizes.distinct_rounds {
         let base = (3 * round * keys) as u64;
