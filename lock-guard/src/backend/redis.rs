@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics as PoolMetrics, Pool, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics as PoolMetrics, Object, Pool, RecycleError, RecycleResult};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, Script, ServerErrorKind};
@@ -33,8 +34,9 @@ fn scripts() -> &'static Scripts {
     })
 }
 
-/// How long a fencing counter outlives its key's last acquisition. After that, the server clock
-/// alone (in microseconds) is already past every token issued, so the counter can go (S11).
+/// How long a fencing counter lives after it was seeded from the server clock (plus the lease).
+/// After that the clock alone (in microseconds) is past every token issued, so the counter can go
+/// and be seeded again (S11): memory stays bounded by the keys used in the last minute.
 const FENCE_RETENTION: Duration = Duration::from_secs(60);
 
 /// Counts of what this manager sent to Redis, for tests and the benchmark.
@@ -90,8 +92,29 @@ pub(crate) enum SubCmd {
     Unsubscribe(Arc<str>),
 }
 
+/// One connection of the pool, kept checked out: a multiplexed connection serves any number of
+/// concurrent commands, so commands pick a slot round-robin and share its connection instead of
+/// checking one out each (which would serialise them and cost a pool round per command).
+#[derive(Default)]
+struct Slot {
+    held: Mutex<Option<Held>>,
+    /// One opening at a time per slot, so concurrent commands on an empty slot wait for one
+    /// connection instead of each taking one from the pool (which would exhaust it).
+    filling: tokio::sync::Mutex<()>,
+}
+
+struct Held {
+    generation: u64,
+    conn: MultiplexedConnection,
+    object: Object<ConnManager>,
+}
+
 pub(crate) struct RedisBackend {
+    /// Creates and bounds the connections; every connection in `slots` is one of its objects.
     pool: Pool<ConnManager>,
+    slots: Box<[Slot]>,
+    next_slot: AtomicUsize,
+    generation: AtomicU64,
     timeout: Duration,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
     pub(crate) counters: Arc<Counters>,
@@ -112,10 +135,10 @@ impl RedisBackend {
             timeout,
         })
         .max_size(pool_size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(deadpool::Runtime::Tokio1)
+        // Bounded as a whole by the command timeout around each command.
+        .wait_timeout(None)
+        .create_timeout(None)
+        .recycle_timeout(None)
         .build()
         .map_err(|e| LockError::backend(None, BackendError::Config(e.to_string())))?;
         let task = SubscriberTask {
@@ -128,6 +151,9 @@ impl RedisBackend {
         Ok((
             RedisBackend {
                 pool,
+                slots: (0..pool_size).map(|_| Slot::default()).collect(),
+                next_slot: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
                 timeout,
                 sub_tx,
                 counters,
@@ -151,10 +177,59 @@ impl RedisBackend {
         }
     }
 
-    /// Runs `f` on a pooled connection, bounded by the command timeout as a whole (checkout
+    /// The connection of the next slot, opening one if the slot is empty.
+    async fn connection(&self) -> Result<(usize, u64, MultiplexedConnection), BackendError> {
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Some(held) = &*lock(&self.slots[i].held) {
+            return Ok((i, held.generation, held.conn.clone()));
+        }
+        // Rare (start-up, after a failure): boxed, so the common path's future stays small.
+        Box::pin(self.fill(i)).await
+    }
+
+    async fn fill(&self, i: usize) -> Result<(usize, u64, MultiplexedConnection), BackendError> {
+        let _filling = self.slots[i].filling.lock().await;
+        if let Some(held) = &*lock(&self.slots[i].held) {
+            return Ok((i, held.generation, held.conn.clone()));
+        }
+        let object = self.pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(e) => BackendError::Redis(e),
+            other => BackendError::Pool(other.to_string()),
+        })?;
+        let mut slot = lock(&self.slots[i].held);
+        let held = slot.get_or_insert_with(|| Held {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            conn: object.conn.clone(),
+            object,
+        });
+        Ok((i, held.generation, held.conn.clone()))
+    }
+
+    /// A command on slot `i` failed at the connection level: drop that connection, and with it
+    /// every other one (most likely dead too: a restart, a failover), so the retry and the calls
+    /// after it open fresh ones instead of meeting the dead ones one by one. Commands in flight on
+    /// them finish or fail on their own.
+    fn discard(&self, i: usize, generation: u64) {
+        let first = {
+            let slot = lock(&self.slots[i].held);
+            matches!(&*slot, Some(h) if h.generation == generation)
+        };
+        if !first {
+            // Somebody already replaced it.
+            return;
+        }
+        for slot in self.slots.iter() {
+            if let Some(mut held) = lock(&slot.held).take() {
+                held.object.broken = true;
+            }
+        }
+        self.pool.retain(|_, _| false);
+    }
+
+    /// Runs `f` on a pooled connection, bounded by the command timeout as a whole (connecting
     /// included), so a Redis that is down, slow or paused yields an error in bounded time (S15).
     ///
-    /// A connection that turns out dead (Redis restarted since it was pooled) is dropped and `f`
+    /// A connection that turns out dead (Redis restarted since it was opened) is dropped and `f`
     /// runs once more on a fresh one, told so by its `retry` argument.
     async fn with_conn<T, F, Fut>(
         &self,
@@ -169,26 +244,15 @@ impl RedisBackend {
         let work = async {
             let mut retry = false;
             loop {
-                let mut conn = self.pool.get().await.map_err(|e| match e {
-                    managed::PoolError::Timeout(_) => BackendError::Timeout {
-                        what: "connection checkout",
-                        timeout: self.timeout,
-                    },
-                    managed::PoolError::Backend(e) => BackendError::Redis(e),
-                    other => BackendError::Pool(other.to_string()),
-                })?;
-                match f(conn.conn.clone(), retry).await {
+                let (slot, generation, conn) = self.connection().await?;
+                match f(conn, retry).await {
                     Err(e)
                         if e.is_io_error()
                             || e.is_connection_dropped()
                             || e.is_connection_refusal()
                             || e.is_unrecoverable_error() =>
                     {
-                        conn.broken = true;
-                        drop(conn);
-                        // The others pooled alongside are most likely dead too (a restart, a
-                        // failover): drop the idle ones rather than meet them one by one.
-                        self.pool.retain(|_, _| false);
+                        self.discard(slot, generation);
                         if retry || e.is_connection_refusal() {
                             return Err(BackendError::Redis(e));
                         }
@@ -221,8 +285,11 @@ impl RedisBackend {
         args: &[&[u8]],
         retry_arg: Option<&[u8]>,
     ) -> Result<T, LockError> {
+        let size = keys.iter().map(|k| k.len()).sum::<usize>()
+            + args.iter().map(|a| a.len()).sum::<usize>()
+            + 48;
         let build = |verb: &str, body: &str, retry: bool| {
-            let mut cmd = Cmd::new();
+            let mut cmd = Cmd::with_capacity(4 + keys.len() + args.len(), size + body.len());
             cmd.arg(verb).arg(body).arg(keys.len());
             for k in keys {
                 cmd.arg(*k);
@@ -361,6 +428,10 @@ fn script_source(script: &Script) -> &'static str {
     } else {
         include_str!("../scripts/renew.lua")
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn millis(d: Duration) -> u64 {
