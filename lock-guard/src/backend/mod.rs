@@ -4,6 +4,7 @@
 //! it if still ours — and wake local waiters on a release. Waiting, deadlines, reentrancy and the
 //! watchdog live above them, in the manager, so the two behave alike.
 
+mod bound;
 pub(crate) mod memory;
 pub(crate) mod redis;
 

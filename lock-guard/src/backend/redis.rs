@@ -14,6 +14,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, Script, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bound::Deadlines;
 use super::{Attempt, Keys};
 use crate::error::{BackendError, LockError};
 use crate::queue::Queues;
@@ -115,6 +116,7 @@ pub(crate) struct RedisBackend {
     slots: Box<[Slot]>,
     next_slot: AtomicUsize,
     generation: AtomicU64,
+    deadlines: Arc<Deadlines>,
     timeout: Duration,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
     pub(crate) counters: Arc<Counters>,
@@ -154,6 +156,7 @@ impl RedisBackend {
                 slots: (0..pool_size).map(|_| Slot::default()).collect(),
                 next_slot: AtomicUsize::new(0),
                 generation: AtomicU64::new(0),
+                deadlines: Deadlines::start(timeout),
                 timeout,
                 sub_tx,
                 counters,
@@ -263,7 +266,7 @@ impl RedisBackend {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match self.deadlines.bound(self.timeout, work).await {
             Ok(r) => r.map_err(|source| LockError::backend(key, source)),
             Err(_) => Err(LockError::backend(
                 key,
