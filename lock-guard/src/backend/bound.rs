@@ -114,11 +114,8 @@ impl<F: Future> Future for Bounded<'_, F> {
                     *this.id = None;
                     return Poll::Ready(Err(()));
                 }
-                Some(e) => {
-                    if !e.waker.will_wake(cx.waker()) {
-                        e.waker = cx.waker().clone();
-                    }
-                }
+                Some(e) if !e.waker.will_wake(cx.waker()) => e.waker = cx.waker().clone(),
+                Some(_) => {}
                 None => {}
             },
             None => {
