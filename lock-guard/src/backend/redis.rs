@@ -1,7 +1,7 @@
 //! The Redis backend: pooled multiplexed connections for the scripts, one shared subscriber
 //! connection for release messages (S8, S9, S12, S15).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -433,6 +433,16 @@ fn script_source(script: &Script) -> &'static str {
     }
 }
 
+/// How long a release channel stays subscribed after its last local waiter left.
+const UNSUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -482,6 +492,10 @@ impl SubscriberTask {
             };
             // Subscribe what has waiters now; whatever changes after is in the command queue.
             let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+            // Channels whose last local waiter left, unsubscribed after a grace period unless
+            // waiters came back meanwhile: a hot key whose queue empties and fills again every
+            // few milliseconds would otherwise cost a SUBSCRIBE and an UNSUBSCRIBE each time.
+            let mut lingering: VecDeque<(tokio::time::Instant, Arc<str>)> = VecDeque::new();
             let mut ok = true;
             for ch in queues.channels() {
                 if self.sub(&mut sink, &ch).await.is_err() {
@@ -499,7 +513,27 @@ impl SubscriberTask {
                 continue;
             }
             loop {
+                let next_unsubscribe = lingering.front().map(|(at, _)| *at);
                 tokio::select! {
+                    () = sleep_until_opt(next_unsubscribe), if next_unsubscribe.is_some() => {
+                        let now = tokio::time::Instant::now();
+                        let mut failed = false;
+                        while let Some((_, ch)) = lingering.front().filter(|(at, _)| *at <= now).cloned() {
+                            lingering.pop_front();
+                            let idle = self.queues.upgrade().is_none_or(|q| !q.has_waiters(&ch));
+                            if idle && subscribed.remove(&ch) {
+                                self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
+                                let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
+                                if !matches!(r, Ok(Ok(()))) {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
+                    }
                     msg = stream.next() => match msg {
                         Some(msg) => {
                             if let Some(q) = self.queues.upgrade() {
@@ -531,12 +565,8 @@ impl SubscriberTask {
                             }
                         }
                         Some(SubCmd::Unsubscribe(ch)) => {
-                            if subscribed.remove(&ch) {
-                                self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
-                                let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
-                                if !matches!(r, Ok(Ok(()))) {
-                                    break;
-                                }
+                            if subscribed.contains(&ch) {
+                                lingering.push_back((tokio::time::Instant::now() + UNSUBSCRIBE_GRACE, ch));
                             }
                         }
                     }
