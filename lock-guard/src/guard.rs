@@ -31,12 +31,9 @@ impl Token {
         });
         let lo = splitmix(COUNTER.fetch_add(1, Ordering::Relaxed) ^ mix);
         let mut out = [0u8; 32];
-        for (i, nibble) in (0..16)
-            .map(|i| (hi >> (60 - 4 * i)) & 0xf)
-            .chain((0..16).map(|i| (lo >> (60 - 4 * i)) & 0xf))
-            .enumerate()
-        {
-            out[i] = b"0123456789abcdef"[nibble as usize];
+        let digits = u128::from(hi) << 64 | u128::from(lo);
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = b"0123456789abcdef"[((digits >> (124 - 4 * i)) & 0xf) as usize];
         }
         Token(out)
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
@@ -538,7 +539,14 @@ impl LockManager {
             fencing_token = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        self.run_locked(keys, options, body).instrument(span).await
+        if span.is_disabled() {
+            // No subscriber wants it: skip the per-poll enter/exit of an instrumented future.
+            self.run_locked(keys, options, body, span).await
+        } else {
+            self.run_locked(keys, options, body, span.clone())
+                .instrument(span)
+                .await
+        }
     }
 
     async fn run_locked<T, E, F>(
@@ -546,12 +554,12 @@ impl LockManager {
         keys: Arc<Keys>,
         options: LockOptions,
         body: F,
+        span: tracing::Span,
     ) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
         E: From<LockError>,
     {
-        let span = tracing::Span::current();
         let started = Instant::now();
         let guard = match self.acquire(keys.clone(), options).await {
             Ok(g) => g,
@@ -574,18 +582,26 @@ impl LockManager {
 
         let outcome = {
             let body = context::scope(self.id(), keys.lock.clone(), guard.fencing_token(), body);
-            let far = acquired + Duration::from_secs(86_400 * 365);
-            let watchdog = async {
-                if fixed {
-                    std::future::pending::<()>().await;
+            let mut body = std::pin::pin!(body);
+            // One poll before any timer is armed: a body that finishes at once (a cache hit, an
+            // early error) costs no deadline timer.
+            match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Outcome::Done(r),
+                Poll::Pending => {
+                    let far = acquired + Duration::from_secs(86_400 * 365);
+                    let watchdog = async {
+                        if fixed {
+                            std::future::pending::<()>().await;
+                        }
+                        self.watchdog(&guard).await
+                    };
+                    tokio::select! {
+                        biased;
+                        r = &mut body => Outcome::Done(r),
+                        () = sleep_until(deadline.unwrap_or(far)) => Outcome::Deadline(deadline.unwrap_or(far) - acquired),
+                        () = watchdog => Outcome::Lost,
+                    }
                 }
-                self.watchdog(&guard).await
-            };
-            tokio::select! {
-                biased;
-                r = body => Outcome::Done(r),
-                () = sleep_until(deadline.unwrap_or(far)) => Outcome::Deadline(deadline.unwrap_or(far) - acquired),
-                () = watchdog => Outcome::Lost,
             }
             // The body is dropped here, before the lock is released.
         };
