@@ -381,7 +381,7 @@ impl LockManager {
         let mut held_for = None;
         if options.wait.is_zero() || !inner.queues.has_waiters(&keys.channel) {
             let sent = Instant::now();
-            match self.attempt(&keys, &token, lease).await? {
+            match self.attempt(&keys, &token, lease, false).await? {
                 Attempt::Acquired(fence) => {
                     return Ok(LockGuard::new(
                         self.clone(),
@@ -414,9 +414,10 @@ impl LockManager {
             let (head, retry_at) = place.state();
             if head && must_try {
                 let sent = Instant::now();
-                match self.attempt(&keys, &token, lease).await? {
+                let others_wait = place.others_wait();
+                match self.attempt(&keys, &token, lease, others_wait).await? {
                     Attempt::Acquired(fence) => {
-                        place.acquired(sent + lease);
+                        place.acquired(sent + lease, others_wait);
                         return Ok(LockGuard::new(
                             self.clone(),
                             keys,
@@ -464,6 +465,7 @@ impl LockManager {
         keys: &Arc<Keys>,
         token: &Token,
         lease: Duration,
+        others_wait: bool,
     ) -> Result<Attempt, LockError> {
         struct Fuse<'a> {
             manager: &'a LockManager,
@@ -491,7 +493,7 @@ impl LockManager {
         let r = self
             .inner
             .backend
-            .try_acquire(keys, token.as_str(), lease)
+            .try_acquire(keys, token.as_str(), lease, others_wait)
             .await;
         fuse.armed = matches!(&r, Err(e) if e.is_timeout());
         r

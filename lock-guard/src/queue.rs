@@ -161,13 +161,23 @@ impl Place {
         self.waiter.try_now.swap(false, Ordering::AcqRel)
     }
 
-    /// The head took the lock until `lease_end`: leave the queue; the next waiter becomes head
-    /// and waits for the release (or the lease end) without asking Redis in between.
-    pub(crate) fn acquired(mut self, lease_end: Instant) {
-        self.leave(Some(lease_end));
+    /// Whether other waiters queue behind this one.
+    pub(crate) fn others_wait(&self) -> bool {
+        self.queues
+            .map()
+            .get(&self.channel)
+            .is_some_and(|q| q.waiters.len() > 1)
     }
 
-    fn leave(&mut self, acquired_until: Option<Instant>) {
+    /// The head took the lock until `lease_end`: leave the queue; the next waiter becomes head
+    /// and waits for the release (or the lease end) without asking Redis in between — provided
+    /// the lock was marked as awaited when taken (`marked`), so its release will announce itself.
+    /// Otherwise the next head tries once, which fails and marks it.
+    pub(crate) fn acquired(mut self, lease_end: Instant, marked: bool) {
+        self.leave(Some((lease_end, marked)));
+    }
+
+    fn leave(&mut self, acquired: Option<(Instant, bool)>) {
         if self.done {
             return;
         }
@@ -189,13 +199,13 @@ impl Place {
             return;
         }
         if was_head {
-            if let Some(until) = acquired_until {
+            if let Some((until, _)) = acquired {
                 q.retry_at = Some(until);
             }
             if let Some(next) = q.waiters.front() {
-                // After a local acquisition the lock is known to be held: the next head only
-                // re-arms its timer. A head that gave up hands on the turn to try.
-                next.wake(acquired_until.is_none());
+                // After a local acquisition of a marked lock, the next head only re-arms its
+                // timer. A head that gave up hands on the turn to try.
+                next.wake(!matches!(acquired, Some((_, true))));
             }
         }
     }

@@ -65,23 +65,43 @@ async fn script_flush_changes_nothing_visible() {
     assert!(renewed.is_ok(), "renewal after a flush: {renewed:?}");
 }
 
-/// A release publishes on `<redis key>:released`, the channel waiters subscribe to.
+/// A release publishes on `<redis key>:released`, the channel waiters subscribe to, once somebody
+/// has waited for the lock (a failed try marks it); a release nobody waited for publishes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_publishes_on_the_release_channel() {
+async fn release_publishes_on_the_release_channel_when_awaited() {
     let server = RedisServer::start();
     let locks = server.manager().await;
+    let other = server.manager().await;
     let key = LockKey::new("scripts").part("publish");
     let channel = format!("{}:released", locks.redis_key(&key));
     let mut pubsub = server.client().get_async_pubsub().await.unwrap();
     pubsub.subscribe(&channel).await.unwrap();
 
+    let published = || async {
+        server
+            .command_calls()
+            .await
+            .get("publish")
+            .copied()
+            .unwrap_or(0)
+    };
     let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
+    assert!(guard.release().await.unwrap());
+    assert_eq!(published().await, 0, "nobody waited: no message");
+
+    let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
+    let refused = other
+        .lock(&key, LockOptions::new().wait(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(refused.is_not_acquired());
     assert!(guard.release().await.unwrap());
     let message = timeout(Duration::from_secs(2), pubsub.on_message().next())
         .await
         .expect("a message on the release channel")
         .unwrap();
     assert_eq!(message.get_channel_name(), channel);
+    assert_eq!(published().await, 1);
 }
 
 /// Each acquisition stores its own owner token (at least 128 bits of hex), whichever instance

@@ -50,16 +50,19 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    /// `others_wait`: more waiters of this process queue behind the caller, so the lock is marked
+    /// as awaited at once and its release will announce itself.
     pub(crate) async fn try_acquire(
         &self,
         keys: &Keys,
         token: &str,
         lease: Duration,
+        others_wait: bool,
     ) -> Result<Attempt, LockError> {
         match self {
             // Boxed: the Redis call's future is several KiB, and a waiter would carry that space for its
             // whole wait (1,000 idle waiters must stay small).
-            Backend::Redis(b) => Box::pin(b.try_acquire(keys, token, lease)).await,
+            Backend::Redis(b) => Box::pin(b.try_acquire(keys, token, lease, others_wait)).await,
             Backend::Memory(b) => Ok(b.try_acquire(keys, token, lease)),
         }
     }

@@ -330,6 +330,7 @@ impl RedisBackend {
         keys: &Keys,
         token: &str,
         lease: Duration,
+        others_wait: bool,
     ) -> Result<Attempt, LockError> {
         let lease_ms = millis(lease).to_string();
         let retention = millis(lease + FENCE_RETENTION).to_string();
@@ -338,9 +339,14 @@ impl RedisBackend {
                 &keys.lock,
                 &scripts().acquire,
                 &[&keys.lock, &keys.fence],
-                &[token.as_bytes(), lease_ms.as_bytes(), retention.as_bytes()],
+                &[
+                    token.as_bytes(),
+                    lease_ms.as_bytes(),
+                    retention.as_bytes(),
+                    if others_wait { b"w" } else { b"-" },
+                ],
                 // The first request may have been applied before its connection died.
-                Some(b"retry"),
+                Some(b"r"),
             )
             .await?;
         if taken == 1 {
