@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{Counters, RedisBackend};
-use crate::backend::{Attempt, Backend, Keys};
+use crate::backend::{Asker, Attempt, Backend, Keys};
 use crate::context;
 use crate::error::{BackendError, LockError};
 use crate::guard::{LockGuard, Token};
@@ -381,7 +381,7 @@ impl LockManager {
         let mut held_for = None;
         if options.wait.is_zero() || !inner.queues.has_waiters(&keys.channel) {
             let sent = Instant::now();
-            match self.attempt(&keys, &token, lease, false).await? {
+            match self.attempt(&keys, &token, lease, Asker::default()).await? {
                 Attempt::Acquired(fence) => {
                     return Ok(LockGuard::new(
                         self.clone(),
@@ -398,7 +398,7 @@ impl LockManager {
         }
 
         // Queue behind the local waiters; only the head asks Redis.
-        let (place, first) = inner.queues.join(&keys.channel);
+        let (place, first) = inner.queues.join(&keys.channel, token.as_str());
         let mut must_try = false;
         if first {
             // Subscribed before the second try, so a release in between is not missed.
@@ -410,14 +410,28 @@ impl LockManager {
         if let Some(Some(pttl)) = held_for {
             place.set_retry_at(Some(Instant::now() + pttl));
         }
+        // Once this waiter's try as head failed, it is registered in the key's queue of waiting
+        // processes; if it gives up (wait over, cancelled, an error), it takes itself out.
+        let mut registration = Registration {
+            manager: self,
+            keys: &keys,
+            token: &token,
+            active: false,
+        };
         loop {
             let (head, retry_at) = place.state();
             if head && must_try {
                 let sent = Instant::now();
-                let others_wait = place.others_wait();
-                match self.attempt(&keys, &token, lease, others_wait).await? {
+                let how = Asker {
+                    head: true,
+                    others_wait: place.others_wait(),
+                };
+                registration.active = true;
+                match self.attempt(&keys, &token, lease, how).await? {
                     Attempt::Acquired(fence) => {
-                        place.acquired(sent + lease, others_wait);
+                        registration.active = false;
+                        drop(registration);
+                        place.acquired(sent + lease, how.others_wait);
                         return Ok(LockGuard::new(
                             self.clone(),
                             keys,
@@ -465,7 +479,7 @@ impl LockManager {
         keys: &Arc<Keys>,
         token: &Token,
         lease: Duration,
-        others_wait: bool,
+        how: Asker,
     ) -> Result<Attempt, LockError> {
         struct Fuse<'a> {
             manager: &'a LockManager,
@@ -493,7 +507,7 @@ impl LockManager {
         let r = self
             .inner
             .backend
-            .try_acquire(keys, token.as_str(), lease, others_wait)
+            .try_acquire(keys, token.as_str(), lease, how)
             .await;
         fuse.armed = matches!(&r, Err(e) if e.is_timeout());
         r
@@ -668,6 +682,33 @@ impl LockManager {
                 }
             }
             next = Instant::now() + period;
+        }
+    }
+}
+
+/// A head's place in the key's queue of waiting processes in Redis, given up on drop unless the
+/// lock was taken (taking it removes the entry).
+struct Registration<'a> {
+    manager: &'a LockManager,
+    keys: &'a Arc<Keys>,
+    token: &'a Token,
+    active: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if !self.active || !matches!(self.manager.inner.backend, Backend::Redis(_)) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (manager, keys) = (self.manager.clone(), self.keys.clone());
+            let token = self.token.as_str().to_owned();
+            rt.spawn(async move {
+                if let Err(e) = manager.inner.backend.leave_queue(&keys, &token).await {
+                    // The entry is handed the lock once, for a moment, then dropped.
+                    tracing::debug!(key = %keys.lock, error = %e, "could not leave the wait queue");
+                }
+            });
         }
     }
 }

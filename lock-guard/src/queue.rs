@@ -27,6 +27,9 @@ struct KeyQueue {
 }
 
 struct Waiter {
+    /// The owner token this waiter will take the lock with: a release that hands the lock to
+    /// another process names that process's token, and this head then need not ask.
+    token: Box<str>,
     notify: Notify,
     /// Set by a wake-up that asks the head to try now (a release, a departed head, a reconnect);
     /// unset for a plain promotion after a local acquisition, where the lock is known to be held.
@@ -62,8 +65,9 @@ impl Queues {
 
     /// Joins the queue of `channel` at the back. Returns the place and whether it is the first
     /// waiter (which then subscribed the channel through the hook).
-    pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>) -> (Place, bool) {
+    pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>, token: &str) -> (Place, bool) {
         let waiter = Arc::new(Waiter {
+            token: token.into(),
             notify: Notify::new(),
             try_now: AtomicBool::new(false),
         });
@@ -91,12 +95,19 @@ impl Queues {
         )
     }
 
-    /// A release was announced on `channel`: wake the head of its queue to try.
-    pub(crate) fn wake_head(&self, channel: &str) {
-        if let Some(q) = self.map().get(channel)
+    /// A release was announced on `channel`: wake the head of its queue to try. A release that
+    /// handed the lock to a waiting process names its token (`to`): any other head only re-arms
+    /// its timer for the end of that reservation, in case the process it went to is gone.
+    pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
+        if let Some(q) = self.map().get_mut(channel)
             && let Some(head) = q.waiters.front()
         {
-            head.wake(true);
+            if to.is_empty() || to == head.token.as_bytes() {
+                head.wake(true);
+            } else {
+                q.retry_at = Some(Instant::now() + crate::backend::HANDOVER);
+                head.wake(false);
+            }
         }
     }
 

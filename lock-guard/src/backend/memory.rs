@@ -84,7 +84,7 @@ impl MemoryBackend {
             }
         };
         if ours && let Some(q) = self.queues.upgrade() {
-            q.wake_head(&keys.channel);
+            q.wake_head(&keys.channel, b"");
         }
         ours
     }

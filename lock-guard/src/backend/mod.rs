@@ -22,6 +22,8 @@ pub(crate) struct Keys {
     pub(crate) fence: String,
     /// `lock:{name:part}:released`: where a release is announced.
     pub(crate) channel: Arc<str>,
+    /// `lock:{name:part}:queue`: the waiting processes' heads, oldest first.
+    pub(crate) queue: String,
 }
 
 impl Keys {
@@ -29,6 +31,7 @@ impl Keys {
         let lock = format!("{prefix}:{{{tag}}}");
         Keys {
             fence: format!("{lock}:fence"),
+            queue: format!("{lock}:queue"),
             channel: format!("{lock}:released").into(),
             lock: lock.into(),
         }
@@ -44,25 +47,40 @@ pub(crate) enum Attempt {
     Held(Option<Duration>),
 }
 
+/// How long a released lock stays reserved for the oldest waiting process (`claim:<token>`):
+/// long enough for a live process to hear of it and take it, short enough that a process that
+/// died meanwhile delays the others only briefly.
+pub(crate) const HANDOVER: Duration = Duration::from_millis(100);
+
+/// Who tries to take a lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Asker {
+    /// The head of this process's queue for the key: registers in the key's queue of waiting
+    /// processes when the lock is held, to be handed the lock in turn.
+    pub(crate) head: bool,
+    /// More waiters of this process queue behind: the lock is marked as awaited at once, so its
+    /// release will announce itself.
+    pub(crate) others_wait: bool,
+}
+
 pub(crate) enum Backend {
     Redis(redis::RedisBackend),
     Memory(memory::MemoryBackend),
 }
 
 impl Backend {
-    /// `others_wait`: more waiters of this process queue behind the caller, so the lock is marked
-    /// as awaited at once and its release will announce itself.
+    /// `how` says who asks: see [`Asker`].
     pub(crate) async fn try_acquire(
         &self,
         keys: &Keys,
         token: &str,
         lease: Duration,
-        others_wait: bool,
+        how: Asker,
     ) -> Result<Attempt, LockError> {
         match self {
             // Boxed: the Redis call's future is several KiB, and a waiter would carry that space for its
             // whole wait (1,000 idle waiters must stay small).
-            Backend::Redis(b) => Box::pin(b.try_acquire(keys, token, lease, others_wait)).await,
+            Backend::Redis(b) => Box::pin(b.try_acquire(keys, token, lease, how)).await,
             Backend::Memory(b) => Ok(b.try_acquire(keys, token, lease)),
         }
     }
@@ -85,6 +103,14 @@ impl Backend {
         match self {
             Backend::Redis(b) => Box::pin(b.renew(keys, token, lease)).await,
             Backend::Memory(b) => Ok(b.renew(keys, token, lease)),
+        }
+    }
+
+    /// A head that registered in the key's queue gives up waiting: take it out (Redis).
+    pub(crate) async fn leave_queue(&self, keys: &Keys, token: &str) -> Result<(), LockError> {
+        match self {
+            Backend::Redis(b) => Box::pin(b.leave_queue(keys, token)).await,
+            Backend::Memory(_) => Ok(()),
         }
     }
 

@@ -15,7 +15,7 @@ use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, Script, S
 use tokio::sync::{mpsc, oneshot};
 
 use super::bound::Deadlines;
-use super::{Attempt, Keys};
+use super::{Asker, Attempt, Keys};
 use crate::error::{BackendError, LockError};
 use crate::queue::Queues;
 
@@ -330,7 +330,7 @@ impl RedisBackend {
         keys: &Keys,
         token: &str,
         lease: Duration,
-        others_wait: bool,
+        how: Asker,
     ) -> Result<Attempt, LockError> {
         let lease_ms = millis(lease).to_string();
         let retention = millis(lease + FENCE_RETENTION).to_string();
@@ -338,12 +338,13 @@ impl RedisBackend {
             .eval(
                 &keys.lock,
                 &scripts().acquire,
-                &[&keys.lock, &keys.fence],
+                &[&keys.lock, &keys.fence, &keys.queue],
                 &[
                     token.as_bytes(),
                     lease_ms.as_bytes(),
                     retention.as_bytes(),
-                    if others_wait { b"w" } else { b"-" },
+                    if how.others_wait { b"w" } else { b"-" },
+                    if how.head { b"h" } else { b"-" },
                 ],
                 // The first request may have been applied before its connection died.
                 Some(b"r"),
@@ -366,16 +367,30 @@ impl RedisBackend {
     }
 
     pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
+        let handover_ms = millis(super::HANDOVER).to_string();
         let n: i64 = self
             .eval(
                 &keys.lock,
                 &scripts().release,
-                &[&keys.lock, &keys.channel],
-                &[token.as_bytes()],
+                &[&keys.lock, &keys.channel, &keys.queue],
+                &[token.as_bytes(), handover_ms.as_bytes()],
                 None,
             )
             .await?;
         Ok(n == 1)
+    }
+
+    pub(crate) async fn leave_queue(&self, keys: &Keys, token: &str) -> Result<(), LockError> {
+        let counters = &self.counters;
+        self.with_conn(Some(&keys.lock), "ZREM", |mut conn, _| async move {
+            counters.commands.fetch_add(1, Ordering::Relaxed);
+            redis::cmd("ZREM")
+                .arg(&keys.queue)
+                .arg(token)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
     }
 
     pub(crate) async fn renew(
@@ -543,7 +558,7 @@ impl SubscriberTask {
                     msg = stream.next() => match msg {
                         Some(msg) => {
                             if let Some(q) = self.queues.upgrade() {
-                                q.wake_head(msg.get_channel_name());
+                                q.wake_head(msg.get_channel_name(), msg.get_payload_bytes());
                             }
                         }
                         None => {

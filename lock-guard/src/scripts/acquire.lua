@@ -1,18 +1,18 @@
--- Take the lock if it is free, and issue a fencing token (S9, S11).
--- KEYS[1] lock key, KEYS[2] fencing counter key
+-- Take the lock if it is free (or handed over to us), and issue a fencing token (S9, S11).
+-- KEYS[1] lock key, KEYS[2] fencing counter key, KEYS[3] queue of waiting processes
 -- ARGV[1] owner token, ARGV[2] lease in ms, ARGV[3] lifetime of a new fencing counter in ms,
 -- ARGV[4] 'w' when more waiters of this process queue behind the caller, else '-'
--- ARGV[5] (optional) 'r' when this request is sent again after a dead connection (the first one
+-- ARGV[5] 'h' when the caller waits at the head of its process's queue, else '-'
+-- ARGV[6] (optional) 'r' when this request is sent again after a dead connection (the first one
 --         may have gone through)
 -- Returns {1, fencing token} when taken, {0, remaining lease of the holder in ms} when held.
 --
 -- The lock's value is the owner's token, followed by '+' once somebody waits for it: only then
--- does the release publish a message (an uncontended release stays two commands).
-local value = ARGV[1]
-if ARGV[4] == 'w' then
-  value = value .. '+'
-end
-if redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
+-- does the release announce itself (an uncontended release stays two commands). Waiting heads
+-- (one per process) register in the queue, oldest first; a release hands the lock to the oldest
+-- as `claim:<its token>` for a short time, so processes take turns instead of racing.
+
+local function fence()
   local token = redis.call('INCR', KEYS[2])
   if token == 1 then
     -- No counter: a new key, an expired counter, or a restart that lost it. Start from the
@@ -23,18 +23,40 @@ if redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
     token = tonumber(now[1]) * 1000000 + tonumber(now[2])
     redis.call('SET', KEYS[2], string.format('%.0f', token), 'PX', ARGV[3])
   end
-  return {1, token}
+  return token
+end
+
+local mark = ''
+if ARGV[4] == 'w' then
+  mark = '+'
+end
+if redis.call('SET', KEYS[1], ARGV[1] .. mark, 'NX', 'PX', ARGV[2]) then
+  if ARGV[5] == 'h' then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
+  return {1, fence()}
 end
 local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] or held == ARGV[1] .. '+' then
-  if ARGV[5] == 'r' then
-    -- Ours already: the first request went through. Its token is the counter's value.
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, tonumber(redis.call('GET', KEYS[2]))}
+if held == 'claim:' .. ARGV[1] then
+  -- Handed over to us by the last release.
+  if mark == '' and redis.call('ZCARD', KEYS[3]) > 0 then
+    mark = '+'
   end
+  redis.call('SET', KEYS[1], ARGV[1] .. mark, 'PX', ARGV[2])
+  return {1, fence()}
 end
-if held and string.sub(held, -1) ~= '+' then
+if ARGV[6] == 'r' and (held == ARGV[1] or held == ARGV[1] .. '+') then
+  -- Ours already: the first request went through. Its token is the counter's value.
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, tonumber(redis.call('GET', KEYS[2]))}
+end
+if held and string.sub(held, -1) ~= '+' and string.sub(held, 1, 6) ~= 'claim:' then
   -- Mark the lock as awaited (APPEND keeps the expiry), so its release wakes the waiters.
   redis.call('APPEND', KEYS[1], '+')
+end
+if ARGV[5] == 'h' then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], 'NX', tonumber(now[1]) * 1000000 + tonumber(now[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], 60000)
 end
 return {0, redis.call('PTTL', KEYS[1])}
