@@ -38,7 +38,9 @@ if redis.call('SET', KEYS[1], ARGV[1] .. mark, 'NX', 'PX', ARGV[2]) then
 end
 local held = redis.call('GET', KEYS[1])
 if held == 'claim:' .. ARGV[1] then
-  -- Handed over to us by the last release.
+  -- Handed over to us by the last release. (A try of ours that crossed the release may have
+  -- queued us again: take that entry out.)
+  redis.call('ZREM', KEYS[3], ARGV[1])
   if mark == '' and redis.call('ZCARD', KEYS[3]) > 0 then
     mark = '+'
   end
