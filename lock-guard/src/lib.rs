@@ -56,7 +56,8 @@
 //!   monotonic clock. At the deadline the body's future is dropped and the call returns
 //!   [`LockError::Deadline`]; the lock is released after.
 //! - **Waiting** without polling: one subscriber connection per manager; within a process, waiters
-//!   queue per key in arrival order and only the head asks Redis.
+//!   queue per key in arrival order and only the head asks Redis; across processes, a release hands
+//!   the lock to the process that has waited longest.
 //! - **Watchdog** (`lease = watchdog`): the lock is renewed every third of the manager's watchdog
 //!   lease while the body runs; a renewal that finds it gone drops the body with [`LockError::Lost`].
 //! - **Reentrancy**: a guarded call nested in a guarded body, in the same task, on the same manager
@@ -73,14 +74,17 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `lock:{keyword:42}` | the owner's random 128-bit token, expiring with the lease |
-//! | `lock:{keyword:42}:fence` | the last fencing token, expiring a minute after the last acquisition |
-//! | `lock:{keyword:42}:released` | (a pub/sub channel) a message on each release |
+//! | `lock:{keyword:42}` | the owner's random 128-bit token (`+` appended once somebody waits), expiring with the lease |
+//! | `lock:{keyword:42}:fence` | the last fencing token, living 60 s from when it was seeded |
+//! | `lock:{keyword:42}:queue` | while processes wait: one entry per waiting process, oldest first |
+//! | `lock:{keyword:42}:released` | (a pub/sub channel) a message on each release somebody waited for |
 //!
 //! `:`, `{`, `}` and `%` inside the name and parts are percent-escaped, so different keys never
-//! collide; the braces are a Redis Cluster hash tag that keeps the three in one slot. Acquire,
+//! collide; the braces are a Redis Cluster hash tag that keeps them all in one slot. Acquire,
 //! release and renew are Lua scripts called with `EVALSHA` (reloaded on `NOSCRIPT`): an uncontended
-//! acquisition and its release are one round trip each.
+//! acquisition and its release are one round trip each. A contended release hands the lock to the
+//! oldest waiting process for 100 ms, so processes take turns. The README's "How it works" has the
+//! details.
 //!
 //! # Features
 //!
