@@ -442,6 +442,7 @@ impl LockManager {
                         ));
                     }
                     Attempt::Held(pttl) => {
+                        place.set_registered();
                         place.set_retry_at(pttl.map(|p| Instant::now() + p));
                     }
                 }

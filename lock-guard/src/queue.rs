@@ -30,6 +30,8 @@ struct Waiter {
     /// The owner token this waiter will take the lock with: a release that hands the lock to
     /// another process names that process's token, and this head then need not ask.
     token: Box<str>,
+    /// Whether this waiter, as head, has registered in the key's queue of waiting processes.
+    registered: AtomicBool,
     notify: Notify,
     /// Set by a wake-up that asks the head to try now (a release, a departed head, a reconnect);
     /// unset for a plain promotion after a local acquisition, where the lock is known to be held.
@@ -68,6 +70,7 @@ impl Queues {
     pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>, token: &str) -> (Place, bool) {
         let waiter = Arc::new(Waiter {
             token: token.into(),
+            registered: AtomicBool::new(false),
             notify: Notify::new(),
             try_now: AtomicBool::new(false),
         });
@@ -102,7 +105,12 @@ impl Queues {
         if let Some(q) = self.map().get_mut(channel)
             && let Some(head) = q.waiters.front()
         {
-            if to.is_empty() || to == head.token.as_bytes() {
+            if to.is_empty()
+                || to == head.token.as_bytes()
+                || !head.registered.load(Ordering::Acquire)
+            {
+                // Named, or not registered yet (a head promoted after a local acquisition): try
+                // now, which registers it, so it is not skipped by the next hand-overs.
                 head.wake(true);
             } else {
                 q.retry_at = Some(Instant::now() + crate::backend::HANDOVER);
@@ -170,6 +178,11 @@ impl Place {
     /// Whether a wake-up asking to try arrived since the last one was taken.
     pub(crate) fn take_try(&self) -> bool {
         self.waiter.try_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// This head's failed try registered it in the key's queue of waiting processes.
+    pub(crate) fn set_registered(&self) {
+        self.waiter.registered.store(true, Ordering::Release);
     }
 
     /// Whether other waiters queue behind this one.
