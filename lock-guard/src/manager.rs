@@ -377,39 +377,28 @@ impl LockManager {
             waited: start.elapsed(),
         };
 
-        // Nobody queues here: one try, the only round trip of an uncontended acquisition.
-        let mut held_for = None;
-        if options.wait.is_zero() || !inner.queues.has_waiters(&keys.channel) {
+        // `wait = 0`: one try, no queue.
+        if options.wait.is_zero() {
             let sent = Instant::now();
-            match self.attempt(&keys, &token, lease, Asker::default()).await? {
-                Attempt::Acquired(fence) => {
-                    return Ok(LockGuard::new(
-                        self.clone(),
-                        keys,
-                        token,
-                        fence,
-                        lease,
-                        sent,
-                    ));
-                }
-                Attempt::Held(_) if options.wait.is_zero() => return Err(not_acquired(&keys)),
-                Attempt::Held(pttl) => held_for = Some(pttl),
-            }
+            return match self.attempt(&keys, &token, lease, Asker::default()).await? {
+                Attempt::Acquired(fence) => Ok(LockGuard::new(
+                    self.clone(),
+                    keys,
+                    token,
+                    fence,
+                    lease,
+                    sent,
+                )),
+                Attempt::Held(_) => Err(not_acquired(&keys)),
+            };
         }
 
-        // Queue behind the local waiters; only the head asks Redis.
+        // Queue behind the local waiters first — even an uncontended call, so that callers
+        // arriving together do not all ask Redis at once — and only the head asks. The head of a
+        // queue nobody waited in tries at once: the only round trip of an uncontended acquisition.
         let (place, first) = inner.queues.join(&keys.channel, token.as_str());
-        let mut must_try = false;
-        if first {
-            // Subscribed before the second try, so a release in between is not missed.
-            if let Err(e) = inner.backend.subscribed(&keys).await {
-                tracing::debug!(key = %keys.lock, error = %e, "release channel not subscribed; waiting on the lease");
-            }
-            must_try = true;
-        }
-        if let Some(Some(pttl)) = held_for {
-            place.set_retry_at(Some(Instant::now() + pttl));
-        }
+        let mut must_try = true;
+        let mut tries = 0u32;
         // Once this waiter's try as head failed, it is registered in the key's queue of waiting
         // processes; if it gives up (wait over, cancelled, an error), it takes itself out.
         let mut registration = Registration {
@@ -419,13 +408,22 @@ impl LockManager {
             active: false,
         };
         loop {
-            let (head, retry_at) = place.state();
+            // The first waiter of an empty queue is its head: no need to look.
+            let (head, retry_at) = if first && tries == 0 {
+                (true, None)
+            } else {
+                place.state()
+            };
             if head && must_try {
                 let sent = Instant::now();
+                // The very first try on an empty queue does not register in the key's queue of
+                // waiting processes (an uncontended call must not touch it); the try after it,
+                // once subscribed, does.
                 let how = Asker {
-                    head: true,
-                    others_wait: place.others_wait(),
+                    head: tries > 0 || !first,
+                    others_wait: (tries > 0 || !first) && place.others_wait(),
                 };
+                tries += 1;
                 registration.active = true;
                 match self.attempt(&keys, &token, lease, how).await? {
                     Attempt::Acquired(fence) => {
@@ -442,8 +440,18 @@ impl LockManager {
                         ));
                     }
                     Attempt::Held(pttl) => {
-                        place.set_registered();
+                        if how.head {
+                            place.set_registered();
+                        }
                         place.set_retry_at(pttl.map(|p| Instant::now() + p));
+                        if place.subscribe() {
+                            // Subscribed before trying once more, so a release in between is
+                            // not missed.
+                            if let Err(e) = inner.backend.subscribed(&keys).await {
+                                tracing::debug!(key = %keys.lock, error = %e, "release channel not subscribed; waiting on the lease");
+                            }
+                            continue;
+                        }
                     }
                 }
                 if place.take_try() {

@@ -22,6 +22,8 @@ pub(crate) struct Queues {
 
 struct KeyQueue {
     waiters: VecDeque<Arc<Waiter>>,
+    /// Whether the release channel was subscribed for this queue (on its first failed try).
+    subscribed: bool,
     /// When the lock is expected to be free at the latest (the holder's lease end), if known.
     retry_at: Option<Instant>,
 }
@@ -29,7 +31,7 @@ struct KeyQueue {
 struct Waiter {
     /// The owner token this waiter will take the lock with: a release that hands the lock to
     /// another process names that process's token, and this head then need not ask.
-    token: Box<str>,
+    token: [u8; 32],
     /// Whether this waiter, as head, has registered in the key's queue of waiting processes.
     registered: AtomicBool,
     notify: Notify,
@@ -66,10 +68,16 @@ impl Queues {
     }
 
     /// Joins the queue of `channel` at the back. Returns the place and whether it is the first
-    /// waiter (which then subscribed the channel through the hook).
+    /// waiter (the queue was empty).
     pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>, token: &str) -> (Place, bool) {
         let waiter = Arc::new(Waiter {
-            token: token.into(),
+            token: {
+                // Owner tokens are 32 hex digits; a shorter one is zero-padded.
+                let mut t = [0u8; 32];
+                let n = token.len().min(32);
+                t[..n].copy_from_slice(&token.as_bytes()[..n]);
+                t
+            },
             registered: AtomicBool::new(false),
             notify: Notify::new(),
             try_now: AtomicBool::new(false),
@@ -79,13 +87,11 @@ impl Queues {
         map.entry(channel.clone())
             .or_insert_with(|| KeyQueue {
                 waiters: VecDeque::with_capacity(4),
+                subscribed: false,
                 retry_at: None,
             })
             .waiters
             .push_back(waiter.clone());
-        if first && let Some(hook) = &self.hook {
-            hook(channel, true);
-        }
         drop(map);
         (
             Place {
@@ -106,7 +112,7 @@ impl Queues {
             && let Some(head) = q.waiters.front()
         {
             if to.is_empty()
-                || to == head.token.as_bytes()
+                || to == head.token.as_slice()
                 || !head.registered.load(Ordering::Acquire)
             {
                 // Named, or not registered yet (a head promoted after a local acquisition): try
@@ -180,6 +186,23 @@ impl Place {
         self.waiter.try_now.swap(false, Ordering::AcqRel)
     }
 
+    /// Subscribes the release channel for this queue if nobody did yet (after its first failed
+    /// try); returns whether this call did.
+    pub(crate) fn subscribe(&self) -> bool {
+        let mut map = self.queues.map();
+        let Some(q) = map.get_mut(&self.channel) else {
+            return false;
+        };
+        if q.subscribed {
+            return false;
+        }
+        q.subscribed = true;
+        if let Some(hook) = &self.queues.hook {
+            hook(&self.channel, true);
+        }
+        true
+    }
+
     /// This head's failed try registered it in the key's queue of waiting processes.
     pub(crate) fn set_registered(&self) {
         self.waiter.registered.store(true, Ordering::Release);
@@ -216,8 +239,9 @@ impl Place {
             .is_some_and(|w| Arc::ptr_eq(w, &self.waiter));
         q.waiters.retain(|w| !Arc::ptr_eq(w, &self.waiter));
         if q.waiters.is_empty() {
+            let subscribed = q.subscribed;
             map.remove(&self.channel);
-            if let Some(hook) = &self.queues.hook {
+            if let (true, Some(hook)) = (subscribed, &self.queues.hook) {
                 hook(&self.channel, false);
             }
             return;
@@ -229,7 +253,9 @@ impl Place {
             if let Some(next) = q.waiters.front() {
                 // After a local acquisition of a marked lock, the next head only re-arms its
                 // timer. A head that gave up hands on the turn to try.
-                next.wake(!matches!(acquired, Some((_, true))));
+                // A queue not subscribed yet must first subscribe: the next head tries (and
+                // subscribes after that failed try) rather than wait for a message it cannot hear.
+                next.wake(!matches!(acquired, Some((_, true))) || !q.subscribed);
             }
         }
     }
