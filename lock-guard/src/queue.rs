@@ -16,7 +16,9 @@ use tokio::time::Instant;
 pub(crate) type SubscriptionHook = Box<dyn Fn(&Arc<str>, bool) + Send + Sync>;
 
 pub(crate) struct Queues {
-    map: Mutex<HashMap<Arc<str>, KeyQueue>>,
+    /// Sharded by key, so that calls on different keys (every uncontended call passes through
+    /// here) do not contend for one lock.
+    shards: Box<[Mutex<HashMap<Arc<str>, KeyQueue>>]>,
     hook: Option<SubscriptionHook>,
 }
 
@@ -52,19 +54,27 @@ impl Waiter {
 impl Queues {
     pub(crate) fn new(hook: Option<SubscriptionHook>) -> Self {
         Queues {
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hook,
         }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyQueue>> {
-        // The map holds no invariant a panic could break halfway; keep going after a poison.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard holding `channel`'s queue.
+    fn map(&self, channel: &str) -> MutexGuard<'_, HashMap<Arc<str>, KeyQueue>> {
+        // FNV-1a: cheap, and only spreads keys over the shards.
+        let h = channel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        lock(&self.shards[(h % SHARDS as u64) as usize])
+    }
+
+    fn all(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<Arc<str>, KeyQueue>>> {
+        self.shards.iter().map(lock)
     }
 
     /// Whether anyone in this process waits for the lock behind `channel`.
     pub(crate) fn has_waiters(&self, channel: &str) -> bool {
-        self.map().contains_key(channel)
+        self.map(channel).contains_key(channel)
     }
 
     /// Joins the queue of `channel` at the back. Returns the place and whether it is the first
@@ -82,7 +92,7 @@ impl Queues {
             notify: Notify::new(),
             try_now: AtomicBool::new(false),
         });
-        let mut map = self.map();
+        let mut map = self.map(channel);
         let first = !map.contains_key(channel);
         map.entry(channel.clone())
             .or_insert_with(|| KeyQueue {
@@ -108,7 +118,7 @@ impl Queues {
     /// handed the lock to a waiting process names its token (`to`): any other head only re-arms
     /// its timer for the end of that reservation, in case the process it went to is gone.
     pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
-        if let Some(q) = self.map().get_mut(channel)
+        if let Some(q) = self.map(channel).get_mut(channel)
             && let Some(head) = q.waiters.front()
         {
             if to.is_empty()
@@ -127,21 +137,27 @@ impl Queues {
 
     /// Release messages may have been missed (the subscriber reconnected): every head tries.
     pub(crate) fn wake_all_heads(&self) {
-        for q in self.map().values() {
-            if let Some(head) = q.waiters.front() {
-                head.wake(true);
+        for map in self.all() {
+            for q in map.values() {
+                if let Some(head) = q.waiters.front() {
+                    head.wake(true);
+                }
             }
         }
     }
 
     /// The channels that have local waiters now.
     pub(crate) fn channels(&self) -> Vec<Arc<str>> {
-        self.map().keys().cloned().collect()
+        self.all()
+            .flat_map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Number of local waiters on all keys.
     pub(crate) fn len(&self) -> usize {
-        self.map().values().map(|q| q.waiters.len()).sum()
+        self.all()
+            .map(|m| m.values().map(|q| q.waiters.len()).sum::<usize>())
+            .sum()
     }
 }
 
@@ -156,7 +172,7 @@ pub(crate) struct Place {
 impl Place {
     /// Whether this place is the head, and when the lock should be free at the latest.
     pub(crate) fn state(&self) -> (bool, Option<Instant>) {
-        let map = self.queues.map();
+        let map = self.queues.map(&self.channel);
         match map.get(&self.channel) {
             Some(q) => (
                 q.waiters
@@ -170,7 +186,7 @@ impl Place {
 
     /// Records when the holder's lease ends, as the head just learnt it.
     pub(crate) fn set_retry_at(&self, at: Option<Instant>) {
-        if let Some(q) = self.queues.map().get_mut(&self.channel) {
+        if let Some(q) = self.queues.map(&self.channel).get_mut(&self.channel) {
             q.retry_at = at;
         }
     }
@@ -189,7 +205,7 @@ impl Place {
     /// Subscribes the release channel for this queue if nobody did yet (after its first failed
     /// try); returns whether this call did.
     pub(crate) fn subscribe(&self) -> bool {
-        let mut map = self.queues.map();
+        let mut map = self.queues.map(&self.channel);
         let Some(q) = map.get_mut(&self.channel) else {
             return false;
         };
@@ -211,7 +227,7 @@ impl Place {
     /// Whether other waiters queue behind this one.
     pub(crate) fn others_wait(&self) -> bool {
         self.queues
-            .map()
+            .map(&self.channel)
             .get(&self.channel)
             .is_some_and(|q| q.waiters.len() > 1)
     }
@@ -229,7 +245,7 @@ impl Place {
             return;
         }
         self.done = true;
-        let mut map = self.queues.map();
+        let mut map = self.queues.map(&self.channel);
         let Some(q) = map.get_mut(&self.channel) else {
             return;
         };
@@ -259,6 +275,14 @@ impl Place {
             }
         }
     }
+}
+
+/// Shards of the queue map.
+const SHARDS: usize = 16;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The map holds no invariant a panic could break halfway; keep going after a poison.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Place {
