@@ -18,7 +18,7 @@ pub(crate) type SubscriptionHook = Box<dyn Fn(&Arc<str>, bool) + Send + Sync>;
 pub(crate) struct Queues {
     /// Sharded by key, so that calls on different keys (every uncontended call passes through
     /// here) do not contend for one lock.
-    shards: Box<[Mutex<HashMap<Arc<str>, KeyQueue>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hook: Option<SubscriptionHook>,
 }
 
@@ -60,7 +60,7 @@ impl Queues {
     }
 
     /// The shard holding `channel`'s queue.
-    fn map(&self, channel: &str) -> MutexGuard<'_, HashMap<Arc<str>, KeyQueue>> {
+    fn map(&self, channel: &str) -> MutexGuard<'_, Shard> {
         // FNV-1a: cheap, and only spreads keys over the shards.
         let h = channel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -68,7 +68,7 @@ impl Queues {
         lock(&self.shards[(h % SHARDS as u64) as usize])
     }
 
-    fn all(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<Arc<str>, KeyQueue>>> {
+    fn all(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
         self.shards.iter().map(lock)
     }
 
@@ -276,6 +276,9 @@ impl Place {
         }
     }
 }
+
+/// One shard of the queue map: key (release channel) → its queue.
+type Shard = HashMap<Arc<str>, KeyQueue>;
 
 /// Shards of the queue map.
 const SHARDS: usize = 16;
