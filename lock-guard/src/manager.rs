@@ -590,6 +590,11 @@ impl LockManager {
             Ok(g) => g,
             Err(e) => {
                 span.record("outcome", outcome_name(&e));
+                if e.is_backend() {
+                    tracing::warn!(key = %keys.lock, error = %e, "lock backend failed; the body did not run");
+                } else {
+                    tracing::debug!(key = %keys.lock, error = %e, "lock not acquired; the body did not run");
+                }
                 return Err(e.into());
             }
         };
