@@ -19,15 +19,15 @@ fn current() -> Option<Arc<Held>> {
 }
 
 /// Whether the current call chain already holds `key` of `manager`.
-pub(crate) fn holds(manager: usize, key: &str) -> Option<u64> {
+pub(crate) fn holds(manager: usize, key: &str) -> bool {
     let mut node = current();
     while let Some(h) = node {
         if h.manager == manager && &*h.key == key {
-            return Some(h.fence);
+            return true;
         }
         node = h.parent.clone();
     }
-    None
+    false
 }
 
 /// Runs `fut` with `key` of `manager` recorded as held by this call chain.

@@ -1,6 +1,7 @@
 //! [`LockGuard`]: a held lock, released on [`release`](LockGuard::release) or on drop (S9, S14).
 
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,18 +175,32 @@ async fn release(h: &Held) -> Result<bool, LockError> {
     Ok(released)
 }
 
+/// Runs cleanup work on the current tokio runtime, if there is one (a drop cannot await).
+/// Returns `false` when there is none.
+pub(crate) fn spawn_cleanup(work: impl Future<Output = ()> + Send + 'static) -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(work);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Releases `token`'s hold on `keys` from a task on the current runtime, if there is one; quiet,
 /// since the lock may well not be held.
 pub(crate) fn spawn_release(manager: LockManager, keys: Arc<Keys>, token: String) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            match manager.inner.backend.release(&keys, &token).await {
-                Ok(true) => tracing::debug!(key = %keys.lock, "released a lock granted to a cancelled acquisition"),
-                Ok(false) => {}
-                Err(e) => tracing::debug!(key = %keys.lock, error = %e, "release after a cancelled acquisition failed"),
+    spawn_cleanup(async move {
+        match manager.inner.backend.release(&keys, &token).await {
+            Ok(true) => {
+                tracing::debug!(key = %keys.lock, "released a lock granted to a cancelled acquisition")
             }
-        });
-    }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(key = %keys.lock, error = %e, "release after a cancelled acquisition failed")
+            }
+        }
+    });
 }
 
 impl Drop for LockGuard {
@@ -194,17 +209,14 @@ impl Drop for LockGuard {
             return;
         };
         // Dropped while held: the caller gave up the future, or the body panicked (S14).
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    if let Err(e) = release(&h).await {
-                        tracing::warn!(key = %h.keys.lock, error = %e, "release of a dropped guard failed; the lease will free the lock");
-                    }
-                });
+        let key = h.keys.lock.clone();
+        let spawned = spawn_cleanup(async move {
+            if let Err(e) = release(&h).await {
+                tracing::warn!(key = %h.keys.lock, error = %e, "release of a dropped guard failed; the lease will free the lock");
             }
-            Err(_) => {
-                tracing::warn!(key = %h.keys.lock, "guard dropped outside a tokio runtime; the lease will free the lock");
-            }
+        });
+        if !spawned {
+            tracing::warn!(%key, "guard dropped outside a tokio runtime; the lease will free the lock");
         }
     }
 }

@@ -424,7 +424,7 @@ impl LockManager {
                     others_wait: (tries > 0 || !first) && place.others_wait(),
                 };
                 tries += 1;
-                registration.active = true;
+                registration.active |= how.head;
                 match self.attempt(&keys, &token, lease, how).await? {
                     Attempt::Acquired(fence) => {
                         registration.active = false;
@@ -553,7 +553,7 @@ impl LockManager {
         E: From<LockError>,
     {
         let keys = Arc::new(Keys::new(&self.inner.prefix, key.as_str()));
-        if context::holds(self.id(), &keys.lock).is_some() {
+        if context::holds(self.id(), &keys.lock) {
             tracing::trace!(key = %keys.lock, "reentrant call: the lock is already held by this call chain");
             return body.await;
         }
@@ -714,16 +714,14 @@ impl Drop for Registration<'_> {
         if !self.active || !matches!(self.manager.inner.backend, Backend::Redis(_)) {
             return;
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (manager, keys) = (self.manager.clone(), self.keys.clone());
-            let token = self.token.as_str().to_owned();
-            rt.spawn(async move {
-                if let Err(e) = manager.inner.backend.leave_queue(&keys, &token).await {
-                    // The entry is handed the lock once, for a moment, then dropped.
-                    tracing::debug!(key = %keys.lock, error = %e, "could not leave the wait queue");
-                }
-            });
-        }
+        let (manager, keys) = (self.manager.clone(), self.keys.clone());
+        let token = self.token.as_str().to_owned();
+        crate::guard::spawn_cleanup(async move {
+            if let Err(e) = manager.inner.backend.leave_queue(&keys, &token).await {
+                // The entry is handed the lock once, for a moment, then dropped.
+                tracing::debug!(key = %keys.lock, error = %e, "could not leave the wait queue");
+            }
+        });
     }
 }
 

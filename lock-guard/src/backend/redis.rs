@@ -19,19 +19,34 @@ use super::{Asker, Attempt, Keys};
 use crate::error::{BackendError, LockError};
 use crate::queue::Queues;
 
-/// The acquire, release and renew scripts, hashed once (S9).
+/// A Lua script, hashed once (for `EVALSHA`), with its source (for `EVAL` after `NOSCRIPT`).
+struct Lua {
+    script: Script,
+    source: &'static str,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Self {
+        Lua {
+            script: Script::new(source),
+            source,
+        }
+    }
+}
+
+/// The acquire, release and renew scripts (S9).
 struct Scripts {
-    acquire: Script,
-    release: Script,
-    renew: Script,
+    acquire: Lua,
+    release: Lua,
+    renew: Lua,
 }
 
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        acquire: Script::new(include_str!("../scripts/acquire.lua")),
-        release: Script::new(include_str!("../scripts/release.lua")),
-        renew: Script::new(include_str!("../scripts/renew.lua")),
+        acquire: Lua::new(include_str!("../scripts/acquire.lua")),
+        release: Lua::new(include_str!("../scripts/release.lua")),
+        renew: Lua::new(include_str!("../scripts/renew.lua")),
     })
 }
 
@@ -283,7 +298,7 @@ impl RedisBackend {
     async fn eval<T: redis::FromRedisValue>(
         &self,
         key: &str,
-        script: &Script,
+        script: &Lua,
         keys: &[&str],
         args: &[&[u8]],
         retry_arg: Option<&[u8]>,
@@ -308,14 +323,14 @@ impl RedisBackend {
         let counters = &self.counters;
         self.with_conn(Some(key), "script call", |mut conn, retry| async move {
             counters.commands.fetch_add(1, Ordering::Relaxed);
-            match build("EVALSHA", script.get_hash(), retry)
+            match build("EVALSHA", script.script.get_hash(), retry)
                 .query_async(&mut conn)
                 .await
             {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     tracing::debug!(key, "script cache was empty (NOSCRIPT): loading it again");
                     counters.commands.fetch_add(1, Ordering::Relaxed);
-                    build("EVAL", script_source(script), retry)
+                    build("EVAL", script.source, retry)
                         .query_async(&mut conn)
                         .await
                 }
@@ -440,17 +455,6 @@ impl RedisBackend {
             redis::cmd("PING").query_async::<()>(&mut conn).await
         })
         .await
-    }
-}
-
-fn script_source(script: &Script) -> &'static str {
-    let s = scripts();
-    if script.get_hash() == s.acquire.get_hash() {
-        include_str!("../scripts/acquire.lua")
-    } else if script.get_hash() == s.release.get_hash() {
-        include_str!("../scripts/release.lua")
-    } else {
-        include_str!("../scripts/renew.lua")
     }
 }
 
