@@ -78,8 +78,8 @@ impl Backend {
         how: Asker,
     ) -> Result<Attempt, LockError> {
         match self {
-            // Boxed: the Redis call's future is several KiB, and a waiter would carry that space for its
-            // whole wait (1,000 idle waiters must stay small).
+            // Boxed: the Redis call's future (about 1 KiB) would otherwise be part of every waiter's
+            // future for its whole wait (1,000 idle waiters must stay small).
             Backend::Redis(b) => Box::pin(b.try_acquire(keys, token, lease, how)).await,
             Backend::Memory(b) => Ok(b.try_acquire(keys, token, lease)),
         }
