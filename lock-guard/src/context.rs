@@ -1,13 +1,50 @@
-//! The locks held by the current call chain (S11 `fencing_token()`, S13 reentrancy).
+//! The locks held by the current call chain: what [`fencing_token`] returns, and what makes a
+//! nested call on the same key reentrant.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::lease::Validity;
+
+/// One guarded body running in this call chain.
 pub(crate) struct Held {
+    /// Which manager took it (the address of its shared state).
     pub(crate) manager: usize,
     pub(crate) key: Arc<str>,
     pub(crate) fence: u64,
+    /// The body's deadline (its timeout) and the lease's validity: a nested call ends by them too.
+    pub(crate) timeout_at: Option<Instant>,
+    pub(crate) validity: Arc<Validity>,
+    /// Whether the lease is renewed (running past the validity means the lock was lost).
+    pub(crate) renewed: bool,
+    /// One nested body at a time: two nested calls driven by one task (`join!`) take turns.
+    pub(crate) turn: Semaphore,
     parent: Option<Arc<Held>>,
+}
+
+impl Held {
+    pub(crate) fn new(
+        manager: usize,
+        key: Arc<str>,
+        fence: u64,
+        timeout_at: Option<Instant>,
+        validity: Arc<Validity>,
+        renewed: bool,
+    ) -> Self {
+        Held {
+            manager,
+            key,
+            fence,
+            timeout_at,
+            validity,
+            renewed,
+            turn: Semaphore::new(1),
+            parent: current(),
+        }
+    }
 }
 
 tokio::task_local! {
@@ -18,35 +55,24 @@ fn current() -> Option<Arc<Held>> {
     HELD.try_with(|h| h.clone()).ok().flatten()
 }
 
-/// Whether the current call chain already holds `key` of `manager`.
-pub(crate) fn holds(manager: usize, key: &str) -> bool {
+/// The innermost body of this call chain that holds `key` of `manager`, if any.
+pub(crate) fn enclosing(manager: usize, key: &str) -> Option<Arc<Held>> {
     let mut node = current();
     while let Some(h) = node {
         if h.manager == manager && &*h.key == key {
-            return true;
+            return Some(h);
         }
         node = h.parent.clone();
     }
-    false
+    None
 }
 
-/// Runs `fut` with `key` of `manager` recorded as held by this call chain.
-pub(crate) fn scope<F: Future>(
-    manager: usize,
-    key: Arc<str>,
-    fence: u64,
-    fut: F,
-) -> impl Future<Output = F::Output> {
-    let node = Arc::new(Held {
-        manager,
-        key,
-        fence,
-        parent: current(),
-    });
-    HELD.scope(Some(node), fut)
+/// Runs `fut` with `held` recorded as the innermost lock of this call chain.
+pub(crate) fn scope<F: Future>(held: Held, fut: F) -> impl Future<Output = F::Output> {
+    HELD.scope(Some(Arc::new(held)), fut)
 }
 
-/// The fencing token of the innermost lock held by the current guarded body, if any (S11).
+/// The fencing token of the innermost lock held by the current guarded body, if any.
 ///
 /// Inside a `#[concurrency_guard]` function (or [`LockManager::run`](crate::LockManager::run)) it
 /// returns the token of that acquisition: strictly greater than every token issued before for the

@@ -1,4 +1,5 @@
-//! [`LockError`]: what can go wrong while taking, holding or releasing a lock (S15).
+//! [`LockError`]: what can go wrong while configuring a manager, or taking, holding or releasing a
+//! lock.
 
 use std::time::Duration;
 
@@ -45,6 +46,25 @@ pub enum LockError {
         #[source]
         source: BackendError,
     },
+    /// The lock was taken, but fewer replicas than asked for acknowledged it within the timeout of
+    /// [`wait_for_replicas`](crate::LockManagerBuilder::wait_for_replicas); it was released again,
+    /// since a failover could lose it.
+    #[error("lock `{key}` acknowledged by {acked} replica(s), {wanted} wanted; it was released")]
+    NotReplicated {
+        /// The Redis key of the lock.
+        key: String,
+        /// How many replicas acknowledged the acquisition.
+        acked: u64,
+        /// How many were asked for.
+        wanted: u64,
+    },
+    /// The manager's configuration is invalid (a malformed URL, a bad key prefix, …): nothing was
+    /// sent anywhere.
+    #[error("invalid lock manager configuration: {reason}")]
+    Config {
+        /// What is wrong, and what to write instead.
+        reason: String,
+    },
     /// A guarded function was called without `locks = …` and no default manager was set with
     /// [`set_default`](crate::set_default).
     #[error(
@@ -81,9 +101,16 @@ impl LockError {
         match self {
             LockError::NotAcquired { key, .. }
             | LockError::Deadline { key, .. }
-            | LockError::Lost { key } => Some(key),
+            | LockError::Lost { key }
+            | LockError::NotReplicated { key, .. } => Some(key),
             LockError::Backend { key, .. } => key.as_deref(),
-            LockError::NoDefault => None,
+            LockError::NoDefault | LockError::Config { .. } => None,
+        }
+    }
+
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        LockError::Config {
+            reason: reason.into(),
         }
     }
 
@@ -113,9 +140,6 @@ pub enum BackendError {
     /// The connection pool failed to hand out a connection.
     #[error("connection pool: {0}")]
     Pool(String),
-    /// The manager's configuration is invalid (a malformed URL, a bad key prefix, …).
-    #[error("invalid configuration: {0}")]
-    Config(String),
     /// An unexpected reply from Redis.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),

@@ -1,7 +1,7 @@
-//! [`LockGuard`]: a held lock, released on [`release`](LockGuard::release) or on drop (S9, S14).
+//! [`LockGuard`]: a held lock, released on [`release`](LockGuard::release) or on drop, and the
+//! owner tokens that tell holders apart.
 
 use std::fmt;
-use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::Keys;
+use crate::backend::{Backend, Keys};
+use crate::background;
 use crate::error::LockError;
-use crate::manager::LockManager;
-use crate::options::drift;
 
 /// A 128-bit owner token, as 32 hex digits: 64 random bits per process and a 64-bit counter mixed
 /// with 64 more random bits, so two acquisitions never share one.
+#[derive(Clone, Copy)]
 pub(crate) struct Token([u8; 32]);
 
 impl Token {
@@ -53,15 +53,15 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A held lock. Release it with [`release`](Self::release); dropping it releases it from a task
-/// spawned on the current tokio runtime (without a runtime, the lease frees it).
+/// A held lock. Release it with [`release`](Self::release); dropping it releases it from the
+/// library's background task (so it works outside a runtime too).
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
     held: Option<Held>,
 }
 
 struct Held {
-    manager: LockManager,
+    backend: Arc<dyn Backend>,
     keys: Arc<Keys>,
     token: Token,
     fence: u64,
@@ -82,36 +82,35 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(
-        manager: LockManager,
+        backend: Arc<dyn Backend>,
         keys: Arc<Keys>,
         token: Token,
         fence: u64,
         lease: Duration,
-        sent: Instant,
+        valid_until: Instant,
     ) -> Self {
         tracing::debug!(key = %keys.lock, fencing_token = fence, "lock acquired");
         LockGuard {
             held: Some(Held {
-                manager,
+                backend,
                 keys,
                 token,
                 fence,
                 lease,
-                // S7: the lease counts from when the request left, less the drift allowance.
-                valid_until: sent + lease.saturating_sub(drift(lease)),
+                valid_until,
             }),
         }
     }
 
     fn held(&self) -> &Held {
-        // `held` is only taken by `release` and `forget`, which consume the guard.
+        // `held` is only taken by `release`, `forget` and `drop`, which consume the guard.
         self.held
             .as_ref()
             .expect("a LockGuard holds its lock until consumed")
     }
 
     /// This acquisition's fencing token: strictly greater than every token issued before for the
-    /// same key (S11).
+    /// same key.
     pub fn fencing_token(&self) -> u64 {
         self.held().fence
     }
@@ -121,7 +120,10 @@ impl LockGuard {
         &self.held().keys.lock
     }
 
-    /// Until when the lease is surely valid (monotonic clock), renewals aside.
+    /// Until when the lease is surely valid (monotonic clock), renewals aside: the lease counted
+    /// from when the acquire request was sent, less a drift allowance of 1 % + 2 ms. Work after
+    /// this instant is no longer protected by the lock (only by the [fencing
+    /// token](Self::fencing_token)).
     pub fn valid_until(&self) -> Instant {
         self.held().valid_until
     }
@@ -138,13 +140,23 @@ impl LockGuard {
         self.held().token.as_str()
     }
 
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.held().backend
+    }
+
     /// Releases the lock now. `Ok(true)` when released, `Ok(false)` when it was no longer ours
     /// (its lease ran out and perhaps someone else took it; a warning is logged).
+    ///
+    /// If this future is dropped before the release completes, the release is finished in the
+    /// background: the lock is never left held for the rest of its lease by a cancelled release.
     pub async fn release(mut self) -> Result<bool, LockError> {
-        let Some(h) = self.held.take() else {
-            return Ok(false);
+        let r = match &self.held {
+            Some(h) => release(h).await,
+            None => return Ok(false),
         };
-        release(&h).await
+        // Done: nothing left for `Drop` to release.
+        self.held = None;
+        r
     }
 
     /// Releases after a guarded body: whatever happens is logged, never changes the body's result.
@@ -161,12 +173,7 @@ impl LockGuard {
 }
 
 async fn release(h: &Held) -> Result<bool, LockError> {
-    let released = h
-        .manager
-        .inner
-        .backend
-        .release(&h.keys, h.token.as_str())
-        .await?;
+    let released = h.backend.release(&h.keys, h.token.as_str()).await?;
     if released {
         tracing::debug!(key = %h.keys.lock, fencing_token = h.fence, "lock released");
     } else {
@@ -175,48 +182,26 @@ async fn release(h: &Held) -> Result<bool, LockError> {
     Ok(released)
 }
 
-/// Runs cleanup work on the current tokio runtime, if there is one (a drop cannot await).
-/// Returns `false` when there is none.
-pub(crate) fn spawn_cleanup(work: impl Future<Output = ()> + Send + 'static) -> bool {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(work);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Releases `token`'s hold on `keys` from a task on the current runtime, if there is one; quiet,
-/// since the lock may well not be held.
-pub(crate) fn spawn_release(manager: LockManager, keys: Arc<Keys>, token: String) {
-    spawn_cleanup(async move {
-        match manager.inner.backend.release(&keys, &token).await {
-            Ok(true) => {
-                tracing::debug!(key = %keys.lock, "released a lock granted to a cancelled acquisition")
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::debug!(key = %keys.lock, error = %e, "release after a cancelled acquisition failed")
-            }
-        }
-    });
-}
-
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let Some(h) = self.held.take() else {
             return;
         };
-        // Dropped while held: the caller gave up the future, or the body panicked (S14).
+        // Dropped while held: the caller gave up the future, the body panicked, or a release in
+        // flight was cancelled (sending it again is harmless: it is owner-checked).
         let key = h.keys.lock.clone();
-        let spawned = spawn_cleanup(async move {
-            if let Err(e) = release(&h).await {
-                tracing::warn!(key = %h.keys.lock, error = %e, "release of a dropped guard failed; the lease will free the lock");
+        let spawned = background::spawn(async move {
+            match h.backend.release(&h.keys, h.token.as_str()).await {
+                Ok(released) => {
+                    tracing::debug!(key = %h.keys.lock, released, "dropped guard released")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %h.keys.lock, error = %e, "release of a dropped guard failed; the lease will free the lock")
+                }
             }
         });
         if !spawned {
-            tracing::warn!(%key, "guard dropped outside a tokio runtime; the lease will free the lock");
+            tracing::warn!(%key, "dropped guard not released; the lease will free the lock");
         }
     }
 }

@@ -92,13 +92,15 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod background;
 mod context;
 mod error;
 mod guard;
 mod key;
+mod lease;
 mod manager;
 mod options;
-mod queue;
+mod waiting;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -1,6 +1,9 @@
-//! [`LockOptions`]: how long to wait, how long to lease, how long the body may run (S2, S7).
+//! [`LockOptions`]: how long to wait, how long to lease, how long the body may run. The defaults
+//! and the deadline rules themselves live in `lease.rs`.
 
 use std::time::Duration;
+
+use crate::lease;
 
 /// How long a lock is leased for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,7 +12,8 @@ pub enum Lease {
     /// Redis frees the lock this long after it was taken, whatever the holder does.
     Fixed(Duration),
     /// The lock is taken for the manager's watchdog lease and renewed every third of it while the
-    /// body runs (S10).
+    /// body runs; the body is dropped if the lock is found gone, or if the last renewal Redis
+    /// confirmed runs out.
     Watchdog,
 }
 
@@ -22,7 +26,8 @@ pub enum Lease {
 /// use std::time::Duration;
 /// use lock_guard::LockOptions;
 /// let opts = LockOptions::new().wait(Duration::from_millis(250)).lease(Duration::from_secs(9));
-/// assert_eq!(opts.timeout_or_default(), Some(Duration::from_secs(6)));
+/// assert_eq!(opts.effective_timeout(), Some(Duration::from_secs(6)));
+/// assert_eq!(opts.max_wait(), Duration::from_millis(250));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockOptions {
@@ -41,8 +46,8 @@ impl LockOptions {
     /// `wait = 5s`, `lease = 3s`, `timeout` two thirds of the lease.
     pub const fn new() -> Self {
         LockOptions {
-            wait: Duration::from_secs(5),
-            lease: Lease::Fixed(Duration::from_secs(3)),
+            wait: lease::DEFAULT_WAIT,
+            lease: Lease::Fixed(lease::DEFAULT_LEASE),
             timeout: None,
         }
     }
@@ -59,7 +64,7 @@ impl LockOptions {
         self
     }
 
-    /// Holds the lock for as long as the body runs, renewing it (S10).
+    /// Holds the lock for as long as the body runs, renewing it.
     pub const fn watchdog(mut self) -> Self {
         self.lease = Lease::Watchdog;
         self
@@ -84,27 +89,24 @@ impl LockOptions {
         self.timeout(Duration::from_millis(ms))
     }
 
-    /// The configured wait.
-    pub const fn get_wait(&self) -> Duration {
+    /// The longest time to wait for the lock.
+    pub const fn max_wait(&self) -> Duration {
         self.wait
     }
 
-    /// The configured lease.
-    pub const fn get_lease(&self) -> Lease {
+    /// The lease: fixed, or renewed by a watchdog.
+    pub const fn lease_kind(&self) -> Lease {
         self.lease
     }
 
-    /// The timeout in force: the one set, or two thirds of a fixed lease, or none with a watchdog.
-    pub fn timeout_or_default(&self) -> Option<Duration> {
-        match (self.timeout, self.lease) {
-            (Some(t), _) => Some(t),
-            (None, Lease::Fixed(l)) => Some(l * 2 / 3),
-            (None, Lease::Watchdog) => None,
-        }
+    /// The body's timeout in force: the one set, or two thirds of a fixed lease, or none with a
+    /// watchdog.
+    pub fn effective_timeout(&self) -> Option<Duration> {
+        self.timeout.or_else(|| {
+            lease::default_timeout(match self.lease {
+                Lease::Fixed(l) => Some(l),
+                Lease::Watchdog => None,
+            })
+        })
     }
-}
-
-/// Drift allowance of a lease (S7): 1 % of it plus 2 ms.
-pub(crate) fn drift(lease: Duration) -> Duration {
-    lease / 100 + Duration::from_millis(2)
 }

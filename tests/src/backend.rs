@@ -66,13 +66,17 @@ impl Backend {
 
     /// Sets the configuration of the managers handed out from now on (e.g. a short watchdog
     /// lease). On memory this starts a fresh lock space built with it
-    /// ([`LockManagerBuilder::build_memory`]): call it before taking managers.
+    /// (`LockManager::builder().memory()`): call it before taking managers.
     pub fn configure<F>(&mut self, configure: F)
     where
         F: Fn(LockManagerBuilder) -> LockManagerBuilder + Send + Sync + 'static,
     {
         if let Kind::Memory(manager) = &mut self.kind {
-            *manager = configure(LockManager::builder()).build_memory();
+            let build = configure(LockManager::builder().memory()).build();
+            // A memory manager is built without waiting on anything.
+            *manager = futures_util::FutureExt::now_or_never(build)
+                .expect("a memory manager builds at once")
+                .expect("a valid memory configuration");
         }
         self.configure = Box::new(configure);
     }
@@ -105,10 +109,8 @@ impl Backend {
                 );
             }
             Kind::Memory(_) => {
-                assert!(
-                    manager.force_delete_memory(key),
-                    "the lock {key} should be held"
-                );
+                let deleted = manager.force_unlock(key).await.expect("force_unlock");
+                assert!(deleted, "the lock {key} should be held");
             }
         }
     }

@@ -1,18 +1,22 @@
 //! The in-process backend: the same semantics as Redis (leases, fencing, wake-ups), in a map.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Attempt, Keys};
-use crate::queue::Queues;
+use super::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
+use crate::error::LockError;
+use crate::lease;
+use crate::waiting::Waiters;
 
 pub(crate) struct MemoryBackend {
     state: Mutex<State>,
     /// Where a release wakes the next local waiter, as a Redis publish does.
-    pub(crate) queues: Weak<Queues>,
+    waiters: Weak<Waiters>,
+    counters: Counters,
 }
 
 struct State {
@@ -30,14 +34,15 @@ struct Entry {
 }
 
 impl MemoryBackend {
-    pub(crate) fn new(queues: Weak<Queues>) -> Self {
+    pub(crate) fn new(waiters: Weak<Waiters>) -> Self {
         MemoryBackend {
             state: Mutex::new(State {
                 locks: HashMap::new(),
                 last_fence: 0,
                 swept_at: 64,
             }),
-            queues,
+            waiters,
+            counters: Counters::default(),
         }
     }
 
@@ -45,7 +50,7 @@ impl MemoryBackend {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn try_acquire(&self, keys: &Keys, token: &str, lease: Duration) -> Attempt {
+    fn take(&self, keys: &Keys, token: &str, lease: Duration) -> Attempt {
         let now = Instant::now();
         let mut st = self.state();
         if let Some(e) = st.locks.get(&keys.lock)
@@ -67,10 +72,13 @@ impl MemoryBackend {
                 expires: now + lease,
             },
         );
-        Attempt::Acquired(fence)
+        Attempt::Acquired {
+            fence,
+            valid_until: lease::valid_until(now, lease),
+        }
     }
 
-    pub(crate) fn release(&self, keys: &Keys, token: &str) -> bool {
+    fn free(&self, keys: &Keys, token: &str) -> bool {
         let now = Instant::now();
         let ours = {
             let mut st = self.state();
@@ -83,13 +91,13 @@ impl MemoryBackend {
                 _ => false,
             }
         };
-        if ours && let Some(q) = self.queues.upgrade() {
+        if ours && let Some(q) = self.waiters.upgrade() {
             q.wake_head(&keys.channel, b"");
         }
         ours
     }
 
-    pub(crate) fn renew(&self, keys: &Keys, token: &str, lease: Duration) -> bool {
+    fn extend(&self, keys: &Keys, token: &str, lease: Duration) -> bool {
         let now = Instant::now();
         match self.state().locks.get_mut(&keys.lock) {
             Some(e) if e.token == token && e.expires > now => {
@@ -100,8 +108,57 @@ impl MemoryBackend {
         }
     }
 
-    /// Deletes a lock whoever holds it, as `DEL` would in Redis: for tests of lost locks.
-    pub(crate) fn force_delete(&self, keys: &Keys) -> bool {
-        self.state().locks.remove(&keys.lock).is_some()
+    fn delete(&self, keys: &Keys) -> bool {
+        let now = Instant::now();
+        self.state()
+            .locks
+            .remove(&keys.lock)
+            .is_some_and(|e| e.expires > now)
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
+        let r = self.take(req.keys, req.token, req.lease);
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn release<'a>(
+        &'a self,
+        keys: &'a Keys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, LockError>> {
+        Box::pin(std::future::ready(Ok(self.free(keys, token))))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        keys: &'a Keys,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, LockError>> {
+        Box::pin(std::future::ready(Ok(self.extend(keys, token, lease))))
+    }
+
+    fn leave_queue<'a>(&'a self, _: &'a Keys, _: &'a str) -> BoxFuture<'a, Result<(), LockError>> {
+        // No queue of waiting processes: there is only this one.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn force_unlock<'a>(&'a self, keys: &'a Keys) -> BoxFuture<'a, Result<bool, LockError>> {
+        Box::pin(std::future::ready(Ok(self.delete(keys))))
+    }
+
+    fn command_timeout(&self) -> Duration {
+        // Nothing here waits on I/O; a bound for the wait arithmetic only.
+        Duration::from_millis(100)
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn describe(&self, f: &mut fmt::DebugStruct<'_, '_>) {
+        f.field("backend", &"memory");
     }
 }

@@ -1,20 +1,31 @@
-//! The two backends behind a [`LockManager`](crate::LockManager): Redis and in-process memory.
+//! The lock services behind a [`LockManager`](crate::LockManager): one Redis server, in-process
+//! memory (and, beside them, other deployments). Each implements [`Backend`].
 //!
-//! Both answer the same three questions — take the lock if free, release it if still ours, extend
-//! it if still ours — and wake local waiters on a release. Waiting, deadlines, reentrancy and the
-//! watchdog live above them, in the manager, so the two behave alike.
+//! A backend answers four questions — take the lock if free (or handed to the asker), release it if
+//! still ours, extend it if still ours, forget a waiter that gave up — and delivers release
+//! notifications to the process's [`Waiters`](crate::waiting::Waiters). Waiting, deadlines,
+//! reentrancy and the watchdog live above, in the manager, so every backend behaves alike.
 
-mod bound;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::LockError;
 
-/// The Redis names derived from one lock key; all carry the same hash tag (S4).
-#[derive(Debug)]
+/// A boxed, `Send` future: backends are called through `dyn Backend`.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The Redis names derived from one lock key; all carry the same hash tag, so in a cluster they
+/// live in one slot.
+#[derive(Debug, Clone)]
 pub(crate) struct Keys {
     /// `lock:{name:part}`: holds the owner token, with the lease as its expiry.
     pub(crate) lock: Arc<str>,
@@ -38,11 +49,27 @@ impl Keys {
     }
 }
 
-/// The answer to one attempt to take a lock.
-#[derive(Debug)]
+/// One try to take a lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Try<'a> {
+    pub(crate) keys: &'a Keys,
+    /// The owner token (32 hex digits).
+    pub(crate) token: &'a str,
+    pub(crate) lease: Duration,
+    /// The head of this process's queue for the key, after a first failed try: it registers in the
+    /// key's queue of waiting processes when the lock is held, to be handed the lock in turn.
+    pub(crate) head: bool,
+    /// More waiters of this process queue behind: the lock is marked as awaited at once, so its
+    /// release will announce itself.
+    pub(crate) others_wait: bool,
+}
+
+/// The answer to one try.
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Attempt {
-    /// Taken, with this fencing token.
-    Acquired(u64),
+    /// Taken, with this fencing token, and surely ours until `valid_until` (monotonic clock): the
+    /// lease counted from when the request was sent, less the drift allowance.
+    Acquired { fence: u64, valid_until: Instant },
     /// Held by someone else, whose lease has this much left (when known).
     Held(Option<Duration>),
 }
@@ -52,73 +79,57 @@ pub(crate) enum Attempt {
 /// died meanwhile delays the others only briefly.
 pub(crate) const HANDOVER: Duration = Duration::from_millis(100);
 
-/// Who tries to take a lock.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Asker {
-    /// The head of this process's queue for the key: registers in the key's queue of waiting
-    /// processes when the lock is held, to be handed the lock in turn.
-    pub(crate) head: bool,
-    /// More waiters of this process queue behind: the lock is marked as awaited at once, so its
-    /// release will announce itself.
-    pub(crate) others_wait: bool,
+/// What a backend has sent, for [`Metrics`](crate::Metrics).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Commands on command connections (a script call is one; a `NOSCRIPT` reload adds one).
+    pub(crate) commands: AtomicU64,
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` commands on the subscriber connection.
+    pub(crate) subscriber_commands: AtomicU64,
 }
 
-pub(crate) enum Backend {
-    Redis(redis::RedisBackend),
-    Memory(memory::MemoryBackend),
-}
+/// A lock service.
+///
+/// Every method is bounded in time by the backend's command timeout (an error after it, never a
+/// hang). `try_acquire` must never leave the lock held by nobody: when its future is dropped, or it
+/// fails, after the request may have reached the server, the backend releases the token itself
+/// (owner-checked, so harmless when it was not granted) in an order the server cannot invert.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Takes the lock if it is free or reserved for this token.
+    fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>>;
 
-impl Backend {
-    /// `how` says who asks: see [`Asker`].
-    pub(crate) async fn try_acquire(
-        &self,
-        keys: &Keys,
-        token: &str,
+    /// `Ok(true)` when released, `Ok(false)` when the lock was no longer ours. Announces the release
+    /// when somebody waits, handing the lock to the oldest waiting process.
+    fn release<'a>(
+        &'a self,
+        keys: &'a Keys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, LockError>>;
+
+    /// `Ok(true)` when extended to `lease` from now, `Ok(false)` when the lock was no longer ours.
+    fn renew<'a>(
+        &'a self,
+        keys: &'a Keys,
+        token: &'a str,
         lease: Duration,
-        how: Asker,
-    ) -> Result<Attempt, LockError> {
-        match self {
-            // Boxed: the Redis call's future (about 1 KiB) would otherwise be part of every waiter's
-            // future for its whole wait (1,000 idle waiters must stay small).
-            Backend::Redis(b) => Box::pin(b.try_acquire(keys, token, lease, how)).await,
-            Backend::Memory(b) => Ok(b.try_acquire(keys, token, lease)),
-        }
-    }
+    ) -> BoxFuture<'a, Result<bool, LockError>>;
 
-    /// `Ok(true)` when released, `Ok(false)` when the lock was no longer ours.
-    pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
-        match self {
-            Backend::Redis(b) => Box::pin(b.release(keys, token)).await,
-            Backend::Memory(b) => Ok(b.release(keys, token)),
-        }
-    }
+    /// A registered head gave up waiting: take it out of the key's queue of waiting processes.
+    fn leave_queue<'a>(
+        &'a self,
+        keys: &'a Keys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), LockError>>;
 
-    /// `Ok(true)` when renewed, `Ok(false)` when the lock was no longer ours.
-    pub(crate) async fn renew(
-        &self,
-        keys: &Keys,
-        token: &str,
-        lease: Duration,
-    ) -> Result<bool, LockError> {
-        match self {
-            Backend::Redis(b) => Box::pin(b.renew(keys, token, lease)).await,
-            Backend::Memory(b) => Ok(b.renew(keys, token, lease)),
-        }
-    }
+    /// Deletes the lock whoever holds it, as an operator's `DEL` would. `Ok(true)` if it was held.
+    fn force_unlock<'a>(&'a self, keys: &'a Keys) -> BoxFuture<'a, Result<bool, LockError>>;
 
-    /// A head that registered in the key's queue gives up waiting: take it out (Redis).
-    pub(crate) async fn leave_queue(&self, keys: &Keys, token: &str) -> Result<(), LockError> {
-        match self {
-            Backend::Redis(b) => Box::pin(b.leave_queue(keys, token)).await,
-            Backend::Memory(_) => Ok(()),
-        }
-    }
+    /// The bound on one command.
+    fn command_timeout(&self) -> Duration;
 
-    /// Waits until the release channel is subscribed (Redis); immediate in memory.
-    pub(crate) async fn subscribed(&self, keys: &Keys) -> Result<(), LockError> {
-        match self {
-            Backend::Redis(b) => Box::pin(b.subscribed(keys)).await,
-            Backend::Memory(_) => Ok(()),
-        }
-    }
+    /// What has been sent so far.
+    fn counters(&self) -> &Counters;
+
+    /// The backend's part of the manager's `Debug`: kind and redacted address.
+    fn describe(&self, f: &mut fmt::DebugStruct<'_, '_>);
 }

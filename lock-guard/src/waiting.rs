@@ -1,26 +1,50 @@
-//! The per-process FIFO of waiters for each key (S8).
+//! Waiting for a lock inside one process: a FIFO of waiters per key, and the release notifications
+//! that wake them.
 //!
-//! Only the head of a key's queue contends in Redis; the others sleep until they become the head.
-//! A release message wakes the head alone. The queue also remembers when the current holder's
-//! lease ends, so a head whose release message was lost still retries by then.
+//! Only the head of a key's queue asks the backend; the others sleep until they become the head.
+//! A release notification wakes the head alone. The queue also remembers when the current holder's
+//! lease ends, so a head whose notification was lost still retries by then. The backend delivers
+//! notifications ([`Waiters::wake_head`], [`Waiters::wake_all_heads`]) and, when it needs a
+//! subscription for them, is told through [`Subscriptions`] which keys have waiters.
+//!
+//! The cross-process half of the hand-over (a release reserves the lock for the oldest waiting
+//! process and names it in the notification) lives in the backend's scripts; this module only reads
+//! the name: the head it names tries at once, other heads wait out the reservation.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-/// Called when a key gains its first local waiter (`true`) or loses its last (`false`), while
-/// the queue lock is held, so subscribe and unsubscribe requests leave in the order they happen.
-pub(crate) type SubscriptionHook = Box<dyn Fn(&Arc<str>, bool) + Send + Sync>;
+use crate::backend::HANDOVER;
+use crate::error::LockError;
 
-pub(crate) struct Queues {
-    /// Sharded by key, so that calls on different keys (every uncontended call passes through
-    /// here) do not contend for one lock.
-    shards: Box<[Mutex<Shard>]>,
-    hook: Option<SubscriptionHook>,
+/// How a backend that needs a subscription for release notifications (Redis pub/sub) hears which
+/// keys have waiters. Both calls are made under the queue's lock, so the requests leave in the
+/// order the queues changed.
+pub(crate) trait Subscriptions: Send + Sync {
+    /// A key's queue needs notifications (its head's try failed). The receiver answers once the
+    /// subscription is confirmed, so a release after that is not missed.
+    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<(), LockError>>;
+    /// The key's queue is gone: its subscription may go (after a grace period, at the backend's
+    /// discretion).
+    fn unsubscribe(&self, channel: &Arc<str>);
 }
+
+/// The waiters of one process (one manager), by key.
+pub(crate) struct Waiters {
+    /// Sharded by key, so that calls on different keys do not contend for one lock.
+    shards: Box<[Mutex<Shard>]>,
+    subscriptions: OnceLock<Box<dyn Subscriptions>>,
+}
+
+/// One shard of the queue map: key (release channel) → its queue.
+type Shard = HashMap<Arc<str>, KeyQueue>;
+
+/// Shards of the queue map.
+const SHARDS: usize = 16;
 
 struct KeyQueue {
     waiters: VecDeque<Arc<Waiter>>,
@@ -51,12 +75,17 @@ impl Waiter {
     }
 }
 
-impl Queues {
-    pub(crate) fn new(hook: Option<SubscriptionHook>) -> Self {
-        Queues {
+impl Waiters {
+    pub(crate) fn new() -> Self {
+        Waiters {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hook,
+            subscriptions: OnceLock::new(),
         }
+    }
+
+    /// Installs the backend's subscription handler (once, when the manager is built).
+    pub(crate) fn set_subscriptions(&self, subscriptions: Box<dyn Subscriptions>) {
+        let _ = self.subscriptions.set(subscriptions);
     }
 
     /// The shard holding `channel`'s queue.
@@ -75,6 +104,11 @@ impl Queues {
     /// Whether anyone in this process waits for the lock behind `channel`.
     pub(crate) fn has_waiters(&self, channel: &str) -> bool {
         self.map(channel).contains_key(channel)
+    }
+
+    /// Whether `channel`'s queue exists and asked for notifications.
+    pub(crate) fn wants_notifications(&self, channel: &str) -> bool {
+        self.map(channel).get(channel).is_some_and(|q| q.subscribed)
     }
 
     /// Joins the queue of `channel` at the back. Returns the place and whether it is the first
@@ -105,7 +139,7 @@ impl Queues {
         drop(map);
         (
             Place {
-                queues: self.clone(),
+                waiters: self.clone(),
                 channel: channel.clone(),
                 waiter,
                 done: false,
@@ -129,13 +163,13 @@ impl Queues {
                 // now, which registers it, so it is not skipped by the next hand-overs.
                 head.wake(true);
             } else {
-                q.retry_at = Some(Instant::now() + crate::backend::HANDOVER);
+                q.retry_at = Some(Instant::now() + HANDOVER);
                 head.wake(false);
             }
         }
     }
 
-    /// Release messages may have been missed (the subscriber reconnected): every head tries.
+    /// Notifications may have been missed (the subscriber reconnected): every head tries.
     pub(crate) fn wake_all_heads(&self) {
         for map in self.all() {
             for q in map.values() {
@@ -146,10 +180,15 @@ impl Queues {
         }
     }
 
-    /// The channels that have local waiters now.
-    pub(crate) fn channels(&self) -> Vec<Arc<str>> {
+    /// The channels whose queues asked for notifications.
+    pub(crate) fn subscribed_channels(&self) -> Vec<Arc<str>> {
         self.all()
-            .flat_map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .flat_map(|m| {
+                m.iter()
+                    .filter(|(_, q)| q.subscribed)
+                    .map(|(ch, _)| ch.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -161,9 +200,9 @@ impl Queues {
     }
 }
 
-/// A waiter's place in its key's queue; leaving is automatic on drop (S14).
+/// A waiter's place in its key's queue; leaving is automatic on drop.
 pub(crate) struct Place {
-    queues: Arc<Queues>,
+    waiters: Arc<Waiters>,
     channel: Arc<str>,
     waiter: Arc<Waiter>,
     done: bool,
@@ -172,7 +211,7 @@ pub(crate) struct Place {
 impl Place {
     /// Whether this place is the head, and when the lock should be free at the latest.
     pub(crate) fn state(&self) -> (bool, Option<Instant>) {
-        let map = self.queues.map(&self.channel);
+        let map = self.waiters.map(&self.channel);
         match map.get(&self.channel) {
             Some(q) => (
                 q.waiters
@@ -186,7 +225,7 @@ impl Place {
 
     /// Records when the holder's lease ends, as the head just learnt it.
     pub(crate) fn set_retry_at(&self, at: Option<Instant>) {
-        if let Some(q) = self.queues.map(&self.channel).get_mut(&self.channel) {
+        if let Some(q) = self.waiters.map(&self.channel).get_mut(&self.channel) {
             q.retry_at = at;
         }
     }
@@ -202,21 +241,23 @@ impl Place {
         self.waiter.try_now.swap(false, Ordering::AcqRel)
     }
 
-    /// Subscribes the release channel for this queue if nobody did yet (after its first failed
-    /// try); returns whether this call did.
-    pub(crate) fn subscribe(&self) -> bool {
-        let mut map = self.queues.map(&self.channel);
-        let Some(q) = map.get_mut(&self.channel) else {
-            return false;
-        };
+    /// Asks for notifications for this queue if nobody did yet (after its first failed try).
+    /// `None` when the queue asked already; else `Some` of the confirmation to wait for (`None`
+    /// inside when the backend needs no subscription), after which the head tries once more, so a
+    /// release in between is not missed.
+    pub(crate) fn subscribe(&self) -> Option<Option<oneshot::Receiver<Result<(), LockError>>>> {
+        let mut map = self.waiters.map(&self.channel);
+        let q = map.get_mut(&self.channel)?;
         if q.subscribed {
-            return false;
+            return None;
         }
         q.subscribed = true;
-        if let Some(hook) = &self.queues.hook {
-            hook(&self.channel, true);
-        }
-        true
+        Some(
+            self.waiters
+                .subscriptions
+                .get()
+                .map(|s| s.subscribe(&self.channel)),
+        )
     }
 
     /// This head's failed try registered it in the key's queue of waiting processes.
@@ -226,16 +267,16 @@ impl Place {
 
     /// Whether other waiters queue behind this one.
     pub(crate) fn others_wait(&self) -> bool {
-        self.queues
+        self.waiters
             .map(&self.channel)
             .get(&self.channel)
             .is_some_and(|q| q.waiters.len() > 1)
     }
 
     /// The head took the lock until `lease_end`: leave the queue; the next waiter becomes head
-    /// and waits for the release (or the lease end) without asking Redis in between — provided
-    /// the lock was marked as awaited when taken (`marked`), so its release will announce itself.
-    /// Otherwise the next head tries once, which fails and marks it.
+    /// and waits for the release (or the lease end) without asking the backend in between —
+    /// provided the lock was marked as awaited when taken (`marked`), so its release will announce
+    /// itself. Otherwise the next head tries once, which fails and marks it.
     pub(crate) fn acquired(mut self, lease_end: Instant, marked: bool) {
         self.leave(Some((lease_end, marked)));
     }
@@ -245,7 +286,7 @@ impl Place {
             return;
         }
         self.done = true;
-        let mut map = self.queues.map(&self.channel);
+        let mut map = self.waiters.map(&self.channel);
         let Some(q) = map.get_mut(&self.channel) else {
             return;
         };
@@ -257,8 +298,8 @@ impl Place {
         if q.waiters.is_empty() {
             let subscribed = q.subscribed;
             map.remove(&self.channel);
-            if let (true, Some(hook)) = (subscribed, &self.queues.hook) {
-                hook(&self.channel, false);
+            if let (true, Some(subscriptions)) = (subscribed, self.waiters.subscriptions.get()) {
+                subscriptions.unsubscribe(&self.channel);
             }
             return;
         }
@@ -268,20 +309,14 @@ impl Place {
             }
             if let Some(next) = q.waiters.front() {
                 // After a local acquisition of a marked lock, the next head only re-arms its
-                // timer. A head that gave up hands on the turn to try.
-                // A queue not subscribed yet must first subscribe: the next head tries (and
-                // subscribes after that failed try) rather than wait for a message it cannot hear.
+                // timer. A head that gave up hands on the turn to try. A queue not subscribed yet
+                // must first subscribe: the next head tries (and subscribes after that failed try)
+                // rather than wait for a message it cannot hear.
                 next.wake(!matches!(acquired, Some((_, true))) || !q.subscribed);
             }
         }
     }
 }
-
-/// One shard of the queue map: key (release channel) → its queue.
-type Shard = HashMap<Arc<str>, KeyQueue>;
-
-/// Shards of the queue map.
-const SHARDS: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The map holds no invariant a panic could break halfway; keep going after a poison.

@@ -1,0 +1,210 @@
+//! The subscriber: one pub/sub connection per manager that carries the release notifications of
+//! every key with local waiters.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::Client;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::Counters;
+use crate::error::{BackendError, LockError};
+use crate::waiting::{Subscriptions, Waiters};
+
+pub(super) enum SubCmd {
+    Subscribe(Arc<str>, oneshot::Sender<Result<(), LockError>>),
+    Unsubscribe(Arc<str>),
+}
+
+/// The waiters' side: requests to the subscriber task.
+pub(super) struct Requests(pub(super) mpsc::UnboundedSender<SubCmd>);
+
+impl Subscriptions for Requests {
+    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<(), LockError>> {
+        let (tx, rx) = oneshot::channel();
+        // If the task is gone, the dropped sender tells the waiter so.
+        let _ = self.0.send(SubCmd::Subscribe(channel.clone(), tx));
+        rx
+    }
+
+    fn unsubscribe(&self, channel: &Arc<str>) {
+        let _ = self.0.send(SubCmd::Unsubscribe(channel.clone()));
+    }
+}
+
+/// How long a release channel stays subscribed after its last local waiter left.
+const UNSUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The task that owns the manager's one subscriber connection (S8): it subscribes a key's release
+/// channel while the key has local waiters, wakes the head of the key's queue on each message, and
+/// after a lost connection reconnects, subscribes again and wakes every head (a release may have
+/// been missed meanwhile).
+pub(super) struct SubscriberTask {
+    pub(super) client: Client,
+    pub(super) waiters: Weak<Waiters>,
+    pub(super) rx: mpsc::UnboundedReceiver<SubCmd>,
+    pub(super) timeout: Duration,
+    pub(super) counters: Arc<Counters>,
+}
+
+impl SubscriberTask {
+    pub(super) async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut connected_once = false;
+        loop {
+            let pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                failed => {
+                    let reason = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".to_owned(),
+                    };
+                    tracing::warn!(%reason, "lock-guard subscriber connection failed; waiters fall back to lease timers");
+                    if !self.drain_while_down(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            let (mut sink, mut stream) = pubsub.split();
+            let Some(waiters) = self.waiters.upgrade() else {
+                return;
+            };
+            // Subscribe what waits for notifications now; whatever changes after is in the
+            // command queue.
+            let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+            // Channels whose last local waiter left, unsubscribed after a grace period unless
+            // waiters came back meanwhile: a hot key whose queue empties and fills again every
+            // few milliseconds would otherwise cost a SUBSCRIBE and an UNSUBSCRIBE each time.
+            let mut lingering: VecDeque<(tokio::time::Instant, Arc<str>)> = VecDeque::new();
+            let mut ok = true;
+            for ch in waiters.subscribed_channels() {
+                if self.sub(&mut sink, &ch).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                subscribed.insert(ch);
+            }
+            if connected_once {
+                waiters.wake_all_heads();
+            }
+            connected_once = true;
+            drop(waiters);
+            if !ok {
+                continue;
+            }
+            loop {
+                let next_unsubscribe = lingering.front().map(|(at, _)| *at);
+                tokio::select! {
+                    () = sleep_until_opt(next_unsubscribe), if next_unsubscribe.is_some() => {
+                        let now = tokio::time::Instant::now();
+                        let mut failed = false;
+                        while let Some((_, ch)) = lingering.front().filter(|(at, _)| *at <= now).cloned() {
+                            lingering.pop_front();
+                            // A queue that asked for notifications again keeps the channel (and
+                            // says so when it goes); anything else lets it go now.
+                            let wanted = self.waiters.upgrade().is_some_and(|w| w.wants_notifications(&ch));
+                            if !wanted && subscribed.remove(&ch) {
+                                self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
+                                let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
+                                if !matches!(r, Ok(Ok(()))) {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
+                    }
+                    msg = stream.next() => match msg {
+                        Some(msg) => {
+                            if let Some(w) = self.waiters.upgrade() {
+                                w.wake_head(msg.get_channel_name(), msg.get_payload_bytes());
+                            }
+                        }
+                        None => {
+                            tracing::warn!("lock-guard subscriber connection closed; reconnecting");
+                            break;
+                        }
+                    },
+                    cmd = self.rx.recv() => match cmd {
+                        None => return,
+                        Some(SubCmd::Subscribe(ch, reply)) => {
+                            let r = if subscribed.contains(&ch) {
+                                Ok(())
+                            } else {
+                                self.sub(&mut sink, &ch).await
+                            };
+                            let failed = r.is_err();
+                            if !failed {
+                                subscribed.insert(ch);
+                            }
+                            let _ = reply.send(r);
+                            if failed {
+                                break;
+                            }
+                        }
+                        Some(SubCmd::Unsubscribe(ch)) => {
+                            if subscribed.contains(&ch) {
+                                lingering.push_back((tokio::time::Instant::now() + UNSUBSCRIBE_GRACE, ch));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sub(&self, sink: &mut redis::aio::PubSubSink, ch: &str) -> Result<(), LockError> {
+        self.counters
+            .subscriber_commands
+            .fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.timeout, sink.subscribe(ch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(LockError::backend(None, BackendError::Redis(e))),
+            Err(_) => Err(LockError::backend(
+                None,
+                BackendError::Timeout {
+                    what: "SUBSCRIBE",
+                    timeout: self.timeout,
+                },
+            )),
+        }
+    }
+
+    /// While disconnected: answer subscribe requests with an error for `pause`, so waiters go on
+    /// with their lease timers. Returns `false` when the manager is gone.
+    async fn drain_while_down(&mut self, pause: Duration) -> bool {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                cmd = self.rx.recv() => match cmd {
+                    None => return false,
+                    Some(SubCmd::Subscribe(_, reply)) => {
+                        let _ = reply.send(Err(LockError::backend(
+                            None,
+                            BackendError::Pool("subscriber connection is down".into()),
+                        )));
+                    }
+                    Some(SubCmd::Unsubscribe(_)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Taking a lock, and waiting for it: try once; if held, queue behind this process's other
+//! waiters for the key, and let only the head ask the backend — after a release notification,
+//! at the holder's lease end, or when the wait runs out.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use super::LockManager;
+use crate::backend::{Attempt, Keys, Try};
+use crate::background;
+use crate::error::{BackendError, LockError};
+use crate::guard::{LockGuard, Token};
+use crate::key::LockKey;
+use crate::options::LockOptions;
+use crate::waiting::Place;
+
+impl LockManager {
+    /// Takes the lock, waiting up to `options.wait`. The guard releases it on
+    /// [`release`](LockGuard::release) or on drop.
+    ///
+    /// Returns within `wait` plus one command timeout, whatever the backend does. Without the
+    /// closure form nothing bounds the caller's work by the lease: check
+    /// [`LockGuard::valid_until`] and [`LockGuard::fencing_token`] at the storage, or use
+    /// [`run`](Self::run).
+    pub async fn lock(&self, key: &LockKey, options: LockOptions) -> Result<LockGuard, LockError> {
+        self.acquire(self.keys(key), options).await
+    }
+
+    pub(super) async fn acquire(
+        &self,
+        keys: Arc<Keys>,
+        options: LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        let inner = &*self.inner;
+        let lease = self.lease_of(&options);
+        let token = Token::new();
+        let start = Instant::now();
+        let wait_end = start + options.max_wait();
+        // Whatever the backend does, the call ends by then.
+        let hard_end = wait_end + inner.backend.command_timeout();
+        let not_acquired = || LockError::NotAcquired {
+            key: keys.lock.to_string(),
+            waited: start.elapsed(),
+        };
+        let guard = |fence, valid_until| {
+            LockGuard::new(
+                inner.backend.clone(),
+                keys.clone(),
+                token,
+                fence,
+                lease,
+                valid_until,
+            )
+        };
+        let mut ask = Try {
+            keys: &keys,
+            token: token.as_str(),
+            lease,
+            head: false,
+            others_wait: false,
+        };
+
+        // Nobody of this process waits for the key: try at once, without queueing (the only round
+        // trip of an uncontended acquisition). `wait = 0` tries exactly once in any case.
+        if options.max_wait().is_zero() || !inner.waiters.has_waiters(&keys.channel) {
+            match self.bounded(hard_end, &keys, ask).await? {
+                Attempt::Acquired { fence, valid_until } => return Ok(guard(fence, valid_until)),
+                Attempt::Held(_) if options.max_wait().is_zero() => return Err(not_acquired()),
+                Attempt::Held(_) => {}
+            }
+        }
+
+        // Queue behind the local waiters; only the head asks.
+        let (place, first) = inner.waiters.join(&keys.channel, token.as_str());
+        // Once this waiter's try as head failed, it is registered in the key's queue of waiting
+        // processes; if it gives up (wait over, cancelled, an error), it takes itself out.
+        let mut registration = Registration {
+            manager: self,
+            keys: &keys,
+            token: &token,
+            active: false,
+        };
+        if first {
+            // The first waiter of an empty queue (which has just tried) subscribes, then tries
+            // again, so a release in between is not missed.
+            self.subscribe(&place, &keys, hard_end).await;
+        }
+        let mut must_try = true;
+        loop {
+            if must_try && place.state().0 {
+                if Instant::now() >= wait_end {
+                    return Err(not_acquired());
+                }
+                ask.head = true;
+                ask.others_wait = place.others_wait();
+                registration.active = true;
+                match self.bounded(hard_end, &keys, ask).await? {
+                    Attempt::Acquired { fence, valid_until } => {
+                        registration.active = false;
+                        place.acquired(valid_until, ask.others_wait);
+                        return Ok(guard(fence, valid_until));
+                    }
+                    Attempt::Held(pttl) => {
+                        place.set_registered();
+                        place.set_retry_at(pttl.map(|p| Instant::now() + p));
+                    }
+                }
+                // A head promoted into a queue that never subscribed subscribes now and tries
+                // again; a release announced while we asked: ask again.
+                if self.subscribe(&place, &keys, hard_end).await || place.take_try() {
+                    continue;
+                }
+            }
+            let (head, retry_at) = place.state();
+            let timer = match retry_at {
+                Some(at) if head => at.min(wait_end),
+                _ => wait_end,
+            };
+            tokio::select! {
+                try_now = place.notified() => must_try = try_now,
+                () = sleep_until(timer) => {
+                    if Instant::now() >= wait_end {
+                        return Err(not_acquired());
+                    }
+                    must_try = true;
+                }
+            }
+        }
+    }
+
+    /// Asks for release notifications for the queue of `place` if nobody did yet, and waits (at
+    /// most a command timeout, and never past `hard_end`) for the confirmation. Returns whether it
+    /// asked: the caller then tries once more.
+    async fn subscribe(&self, place: &Place, keys: &Keys, hard_end: Instant) -> bool {
+        let Some(confirmation) = place.subscribe() else {
+            return false;
+        };
+        if let Some(confirmed) = confirmation {
+            let bound = hard_end.min(Instant::now() + self.inner.backend.command_timeout());
+            match timeout_at(bound, confirmed).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(key = %keys.lock, error = %e, "release channel not subscribed; waiting on the lease");
+                }
+                _ => {
+                    tracing::debug!(key = %keys.lock, "release channel subscription unconfirmed; waiting on the lease");
+                }
+            }
+        }
+        true
+    }
+
+    /// One try, cut short at `hard_end` (the end of the wait plus one command timeout) when that
+    /// comes before the command timeout does. A try cut short cleans up after itself (see
+    /// [`Backend`](crate::backend::Backend)).
+    async fn bounded(
+        &self,
+        hard_end: Instant,
+        keys: &Keys,
+        ask: Try<'_>,
+    ) -> Result<Attempt, LockError> {
+        let backend = &self.inner.backend;
+        let attempt = backend.try_acquire(ask);
+        if Instant::now() + backend.command_timeout() <= hard_end {
+            return attempt.await;
+        }
+        cut_at(hard_end, keys, backend.command_timeout(), attempt).await
+    }
+}
+
+async fn cut_at<T>(
+    end: Instant,
+    keys: &Keys,
+    timeout: std::time::Duration,
+    work: impl Future<Output = Result<T, LockError>>,
+) -> Result<T, LockError> {
+    match timeout_at(end, work).await {
+        Ok(r) => r,
+        Err(_) => Err(LockError::backend(
+            Some(&keys.lock),
+            BackendError::Timeout {
+                what: "acquire (the wait ran out while the command was in flight)",
+                timeout,
+            },
+        )),
+    }
+}
+
+/// A head's place in the key's queue of waiting processes, given up on drop unless the lock was
+/// taken (taking it removes the entry).
+struct Registration<'a> {
+    manager: &'a LockManager,
+    keys: &'a Arc<Keys>,
+    token: &'a Token,
+    active: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        let backend = self.manager.inner.backend.clone();
+        let keys = self.keys.clone();
+        let token = self.token.as_str().to_owned();
+        background::spawn(async move {
+            if let Err(e) = backend.leave_queue(&keys, &token).await {
+                // The entry is handed the lock once, for a moment, then dropped.
+                tracing::debug!(key = %keys.lock, error = %e, "could not leave the wait queue");
+            }
+        });
+    }
+}

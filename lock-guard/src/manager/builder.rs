@@ -1,0 +1,251 @@
+//! [`LockManagerBuilder`]: which deployment, and its settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::LockManager;
+use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::{RedisBackend, RedisConfig};
+use crate::error::LockError;
+use crate::lease;
+use crate::waiting::Waiters;
+
+/// Configuration of a [`LockManager`].
+///
+/// ```no_run
+/// # async fn f() -> Result<(), lock_guard::LockError> {
+/// use std::time::Duration;
+/// let locks = lock_guard::LockManager::builder()
+///     .url("redis://127.0.0.1:6379")
+///     .pool_size(2)
+///     .key_prefix("lock")
+///     .command_timeout(Duration::from_secs(1))
+///     .watchdog_lease(Duration::from_secs(30))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LockManagerBuilder {
+    deployment: Deployment,
+    pool_size: usize,
+    prefix: String,
+    command_timeout: Duration,
+    watchdog_lease: Duration,
+    #[cfg(feature = "tls")]
+    root_cert: Option<Vec<u8>>,
+}
+
+/// Where the locks live.
+#[derive(Clone)]
+enum Deployment {
+    /// One Redis server (a primary, possibly with replicas).
+    Single(String),
+    /// In this process.
+    Memory,
+}
+
+/// Multiplexed connections per manager when none is configured.
+///
+/// One connection pipelines every concurrent command into batched writes; on a small machine more
+/// sockets mean smaller batches and more system calls per command (see BENCHMARKS.md, `distinct`
+/// with a sweep of `pool_size`).
+pub(crate) const DEFAULT_POOL_SIZE: usize = 1;
+
+impl fmt::Debug for LockManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("LockManagerBuilder");
+        match &self.deployment {
+            Deployment::Single(url) => d.field("url", &redact_url(url)),
+            Deployment::Memory => d.field("backend", &"memory"),
+        };
+        d.field("pool_size", &self.pool_size)
+            .field("key_prefix", &self.prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("watchdog_lease", &self.watchdog_lease)
+            .finish()
+    }
+}
+
+impl Default for LockManagerBuilder {
+    fn default() -> Self {
+        LockManagerBuilder {
+            deployment: Deployment::Single("redis://127.0.0.1:6379".to_owned()),
+            pool_size: DEFAULT_POOL_SIZE,
+            prefix: "lock".to_owned(),
+            command_timeout: Duration::from_secs(1),
+            watchdog_lease: lease::DEFAULT_WATCHDOG_LEASE,
+            #[cfg(feature = "tls")]
+            root_cert: None,
+        }
+    }
+}
+
+impl LockManagerBuilder {
+    /// One Redis server at `redis://[user:password@]host:port[/db]`, or `rediss://…` with the
+    /// `tls` feature. Default `redis://127.0.0.1:6379`.
+    pub fn url(mut self, url: &str) -> Self {
+        self.deployment = Deployment::Single(url.to_owned());
+        self
+    }
+
+    /// Locks in this process only, as [`LockManager::memory`]; the connection settings are
+    /// ignored.
+    pub fn memory(mut self) -> Self {
+        self.deployment = Deployment::Memory;
+        self
+    }
+
+    /// How many multiplexed connections carry the commands (each serves any number of
+    /// concurrent commands). Default 1, the fastest setting measured on a small machine; more
+    /// help when one connection's socket becomes the bottleneck — many cores on the client and a
+    /// busy Redis with I/O threads.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// The prefix of every key: `{prefix}:{name:part}`. Default `lock`. It may not hold `{` or `}`.
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Bound on every Redis command and connect. Default 1 s.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// The lease taken with `lease = watchdog`, renewed every third of it. Default 30 s.
+    pub fn watchdog_lease(mut self, lease: Duration) -> Self {
+        self.watchdog_lease = lease;
+        self
+    }
+
+    /// Trusts this PEM root certificate for `rediss://` (instead of the system's roots).
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate_pem(mut self, pem: Vec<u8>) -> Self {
+        self.root_cert = Some(pem);
+        self
+    }
+
+    fn check(&self) -> Result<(), LockError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(LockError::config(format!(
+                "key prefix `{}` may not contain `{{` or `}}`: they would break the hash tag; \
+                 use e.g. `lock` or `myapp:lock`",
+                self.prefix
+            )));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(LockError::config(
+                "command timeout of zero: every command would time out; use e.g. 1 s",
+            ));
+        }
+        if self.watchdog_lease < Duration::from_millis(30) {
+            return Err(LockError::config(format!(
+                "watchdog lease of {:?} is too short to renew in time; use 30 ms or more",
+                self.watchdog_lease
+            )));
+        }
+        Ok(())
+    }
+
+    fn client(&self, url: &str) -> Result<redis::Client, LockError> {
+        let config = |e: redis::RedisError| LockError::config(format!("{}: {e}", redact_url(url)));
+        #[cfg(feature = "tls")]
+        {
+            if url.starts_with("rediss://") {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            if let Some(pem) = &self.root_cert {
+                return redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    },
+                )
+                .map_err(config);
+            }
+        }
+        redis::Client::open(url).map_err(config)
+    }
+
+    /// Builds the manager. On Redis it connects first (one `PING`, so a wrong URL or password
+    /// fails here, as [`LockError::Backend`]); a configuration that cannot work fails as
+    /// [`LockError::Config`] without connecting.
+    pub async fn build(self) -> Result<LockManager, LockError> {
+        self.check()?;
+        match &self.deployment {
+            Deployment::Memory => Ok(memory(&self)),
+            Deployment::Single(url) => {
+                let client = self.client(url)?;
+                let waiters = Arc::new(Waiters::new());
+                let backend = RedisBackend::connect(
+                    RedisConfig {
+                        client,
+                        shown_url: redact_url(url),
+                        pool_size: self.pool_size,
+                        timeout: self.command_timeout,
+                    },
+                    &waiters,
+                )
+                .await?;
+                Ok(LockManager::from_parts(
+                    Arc::new(backend),
+                    waiters,
+                    self.prefix,
+                    self.watchdog_lease,
+                ))
+            }
+        }
+    }
+}
+
+/// An in-process manager with this builder's key prefix and watchdog lease.
+pub(super) fn memory(builder: &LockManagerBuilder) -> LockManager {
+    let waiters = Arc::new(Waiters::new());
+    LockManager::from_parts(
+        Arc::new(MemoryBackend::new(Arc::downgrade(&waiters))),
+        waiters,
+        builder.prefix.clone(),
+        builder.watchdog_lease,
+    )
+}
+
+/// The URL with any password replaced by `***`, for logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => "***".to_owned(),
+    };
+    format!("{}{}{}", &url[..scheme_end + 3], user, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://alice:secret@h:1/0"),
+            "redis://alice:***@h:1/0"
+        );
+        assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("rediss://secret@h"), "rediss://***@h");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}
