@@ -1,6 +1,6 @@
--- Take the lock if it is free (or handed over to us), and issue a fencing token (S9, S11).
+-- Take the lock if it is free (or handed over to us), and issue a fencing token.
 -- KEYS[1] lock key, KEYS[2] fencing counter key, KEYS[3] queue of waiting processes
--- ARGV[1] owner token, ARGV[2] lease in ms, ARGV[3] lifetime of a new fencing counter in ms,
+-- ARGV[1] owner token, ARGV[2] lease in ms, ARGV[3] lifetime of the fencing counter in ms,
 -- ARGV[4] 'w' when more waiters of this process queue behind the caller, else '-'
 -- ARGV[5] 'h' when the caller waits at the head of its process's queue, else '-'
 -- ARGV[6] (optional) 'r' when this request is sent again after a dead connection (the first one
@@ -13,14 +13,17 @@
 -- as `claim:<its token>` for a short time, so processes take turns instead of racing.
 
 local function fence()
-  local token = redis.call('INCR', KEYS[2])
-  if token == 1 then
-    -- No counter: a new key, an expired counter, or a restart that lost it. Start from the
-    -- server's clock in microseconds, which is past every token issued before (tokens are issued
-    -- at most one per acquisition, far less than one per microsecond). The counter lives for a
-    -- fixed time from here, which bounds memory; INCR keeps that expiry.
-    local now = redis.call('TIME')
-    token = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  -- Above every token issued before, even when the counter is missing (a new key, an expired
+  -- counter, a restart that lost it) or stale (a restart from an older snapshot, a replica that
+  -- lagged was promoted): the server's clock in microseconds has moved past every token handed out
+  -- before (tokens are issued at most one per acquisition, far less than one per microsecond), and
+  -- the counter covers a clock that stepped back while it lives. SET … GET stores and reads it in one
+  -- command; the counter lives for a fixed time after the last acquisition, which bounds memory.
+  local now = redis.call('TIME')
+  local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last = tonumber(redis.call('SET', KEYS[2], string.format('%.0f', token), 'PX', ARGV[3], 'GET'))
+  if last and last >= token then
+    token = last + 1
     redis.call('SET', KEYS[2], string.format('%.0f', token), 'PX', ARGV[3])
   end
   return token
