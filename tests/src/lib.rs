@@ -14,6 +14,7 @@
 
 mod backend;
 pub mod faults;
+mod load;
 mod logs;
 mod proxy;
 mod server;
@@ -23,6 +24,7 @@ mod wait;
 mod worker;
 
 pub use backend::Backend;
+pub use load::{LoadReport, all_free, load};
 pub use logs::LogCapture;
 pub use server::{ACL_PASSWORD, ACL_USER, RedisServer, ServerOptions};
 pub use proxy::{Direction, Proxy};
