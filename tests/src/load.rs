@@ -42,8 +42,12 @@ pub async fn load(
     let mut set = tokio::task::JoinSet::new();
     for t in 0..tasks {
         let locks = managers[t % managers.len()].clone();
-        let (busy, overlaps, completed, report) =
-            (busy.clone(), overlaps.clone(), completed.clone(), report.clone());
+        let (busy, overlaps, completed, report) = (
+            busy.clone(),
+            overlaps.clone(),
+            completed.clone(),
+            report.clone(),
+        );
         let name = name.to_owned();
         set.spawn(async move {
             for i in 0..10_000usize {
@@ -95,7 +99,10 @@ pub async fn load(
 pub async fn all_free(locks: &LockManager, name: &str, keys: usize) -> bool {
     for k in 0..keys {
         let key = LockKey::new(name).part(k);
-        match locks.lock(&key, LockOptions::new().wait(Duration::ZERO)).await {
+        match locks
+            .lock(&key, LockOptions::new().wait(Duration::ZERO))
+            .await
+        {
             Ok(guard) => {
                 let _ = guard.release().await;
             }

@@ -197,9 +197,11 @@ where
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    let latency =
-                        Duration::from_micros(delay.delay[index(direction)].load(SeqCst));
-                    if tx.send((Instant::now() + latency, buf[..n].to_vec())).is_err() {
+                    let latency = Duration::from_micros(delay.delay[index(direction)].load(SeqCst));
+                    if tx
+                        .send((Instant::now() + latency, buf[..n].to_vec()))
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -177,10 +177,10 @@ pub fn check(sections: &[Section]) -> CheckReport {
     // Against the section reaching furthest so far, not only the one before.
     let mut furthest: Option<Section> = None;
     for s in by_start {
-        if let Some(f) = furthest {
-            if s.start < f.end {
-                report.overlaps.push(format!("{f:?} overlaps {s:?}"));
-            }
+        if let Some(f) = furthest
+            && s.start < f.end
+        {
+            report.overlaps.push(format!("{f:?} overlaps {s:?}"));
         }
         if furthest.is_none_or(|f| s.end > f.end) {
             furthest = Some(s);

@@ -33,7 +33,10 @@ async fn take_over_and_write(server: &RedisServer, store: &FencedStore, key: &st
         .await
         .expect("the frozen holder's lease has ended: the lock is free");
     let token = guard.fencing_token();
-    assert!(matches!(store.write(key, token).await.unwrap(), Fenced::Accepted(_)));
+    assert!(matches!(
+        store.write(key, token).await.unwrap(),
+        Fenced::Accepted(_)
+    ));
     guard.release().await.unwrap();
     token
 }
@@ -49,9 +52,17 @@ async fn frozen_holder_does_not_write_after_its_deadline() {
     let key = "frozen-run";
     let mut holder = Worker::spawn(
         WORKER,
-        &args(&server, &store_server, key, &["mode=run-write", "lease_ms=600", "body_ms=300"]),
+        &args(
+            &server,
+            &store_server,
+            key,
+            &["mode=run-write", "lease_ms=600", "body_ms=300"],
+        ),
     );
-    let acquired = holder.line("ACQUIRED", LONG).await.expect("the worker took the lock");
+    let acquired = holder
+        .line("ACQUIRED", LONG)
+        .await
+        .expect("the worker took the lock");
     sleep(Duration::from_millis(100)).await;
     holder.signal("STOP");
     sleep(Duration::from_millis(1500)).await;
@@ -65,10 +76,16 @@ async fn frozen_holder_does_not_write_after_its_deadline() {
         "the body was polled after its deadline and sent its write: {lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with("RESULT err") && l.contains("Deadline")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("RESULT err") && l.contains("Deadline")),
         "the call should end with Deadline: {lines:?}"
     );
-    assert_eq!(store.sections(key).await.len(), 1, "only the new holder's write");
+    assert_eq!(
+        store.sections(key).await.len(),
+        1,
+        "only the new holder's write"
+    );
 }
 
 /// The same freeze for a holder that took a guard (`lock`): nothing bounds its work by the lease,
@@ -81,9 +98,17 @@ async fn frozen_guard_holder_write_is_fenced_out() {
     let key = "frozen-guard";
     let mut holder = Worker::spawn(
         WORKER,
-        &args(&server, &store_server, key, &["mode=guard-write", "lease_ms=600", "body_ms=300"]),
+        &args(
+            &server,
+            &store_server,
+            key,
+            &["mode=guard-write", "lease_ms=600", "body_ms=300"],
+        ),
     );
-    let acquired = holder.line("ACQUIRED", LONG).await.expect("the worker took the lock");
+    let acquired = holder
+        .line("ACQUIRED", LONG)
+        .await
+        .expect("the worker took the lock");
     let stale: u64 = field(&acquired, 2).parse().unwrap();
     holder.signal("STOP");
     sleep(Duration::from_millis(1200)).await;
@@ -94,10 +119,20 @@ async fn frozen_guard_holder_write_is_fenced_out() {
     eprintln!("frozen guard holder printed: {lines:?}");
     let rejected = rejected.expect("the late write reached the store and was rejected");
     assert_eq!(field(&rejected, 2), stale.to_string());
-    assert_eq!(field(&rejected, 3), newer.to_string(), "fenced by the newer token");
-    assert!(lines.iter().any(|l| l.contains("released=false")), "its release found the lock gone: {lines:?}");
+    assert_eq!(
+        field(&rejected, 3),
+        newer.to_string(),
+        "fenced by the newer token"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("released=false")),
+        "its release found the lock gone: {lines:?}"
+    );
     let sections = store.sections(key).await;
-    assert_eq!(sections.iter().map(|s| s.token).collect::<Vec<_>>(), vec![newer]);
+    assert_eq!(
+        sections.iter().map(|s| s.token).collect::<Vec<_>>(),
+        vec![newer]
+    );
     assert_eq!(store.rejected(key).await, vec![("write".to_owned(), stale)]);
 }
 
@@ -113,25 +148,50 @@ async fn killed_holder_is_replaced_by_the_lease_end() {
     for round in 0..3 {
         let mut holder = Worker::spawn(
             WORKER,
-            &args(&server, &store_server, key, &["mode=hold", &format!("lease_ms={lease_ms}")]),
+            &args(
+                &server,
+                &store_server,
+                key,
+                &["mode=hold", &format!("lease_ms={lease_ms}")],
+            ),
         );
-        let acquired = holder.line("ACQUIRED", LONG).await.expect("the holder took the lock");
+        let acquired = holder
+            .line("ACQUIRED", LONG)
+            .await
+            .expect("the holder took the lock");
         let sent: i64 = field(&acquired, 3).parse().unwrap();
         let mut next = Worker::spawn(
             WORKER,
-            &args(&server, &store_server, key, &["mode=acquire", "wait_ms=5000"]),
+            &args(
+                &server,
+                &store_server,
+                key,
+                &["mode=acquire", "wait_ms=5000"],
+            ),
         );
         sleep(Duration::from_millis(200)).await;
         holder.signal("KILL");
         holder.wait();
-        let taken = next.line("ACQUIRED", LONG).await.expect("another process takes the key");
+        let taken = next
+            .line("ACQUIRED", LONG)
+            .await
+            .expect("another process takes the key");
         let at: i64 = field(&taken, 4).parse().unwrap();
         let epsilon_us = at - (sent + lease_ms as i64 * 1000);
-        eprintln!("SIGKILL round {round}: taken over {:.1} ms after the lease's end", epsilon_us as f64 / 1000.0);
+        eprintln!(
+            "SIGKILL round {round}: taken over {:.1} ms after the lease's end",
+            epsilon_us as f64 / 1000.0
+        );
         worst = worst.max(epsilon_us);
-        assert!(at >= sent + (lease_ms as i64 - 20) * 1000, "taken before the lease ended: {taken}");
+        assert!(
+            at >= sent + (lease_ms as i64 - 20) * 1000,
+            "taken before the lease ended: {taken}"
+        );
         next.finish(LONG).await;
     }
     eprintln!("SIGKILL takeover: worst ε {:.1} ms", worst as f64 / 1000.0);
-    assert!(worst < 150_000, "taken over only {worst} µs after the lease's end");
+    assert!(
+        worst < 150_000,
+        "taken over only {worst} µs after the lease's end"
+    );
 }

@@ -27,7 +27,10 @@ async fn through(proxy: &Proxy) -> LockManager {
 /// How long after `since` a direct manager takes `key` (waiting up to 3 s); panics if it cannot.
 async fn taken_after(direct: &LockManager, key: &LockKey, since: Instant) -> Duration {
     let guard = direct
-        .lock(key, LockOptions::new().wait(Duration::from_secs(3)).lease(LEASE))
+        .lock(
+            key,
+            LockOptions::new().wait(Duration::from_secs(3)).lease(LEASE),
+        )
         .await
         .expect("the lock was left held by nobody");
     let took = since.elapsed();
@@ -46,13 +49,28 @@ async fn latency_under_contention() {
     let managers = [through(&proxy).await, through(&proxy).await];
     let wait = Duration::from_secs(2);
     let options = LockOptions::new().wait(wait).lease(Duration::from_secs(2));
-    let report = load(&managers, "latency", 3, 6, Duration::from_millis(2000), options, Duration::from_millis(2)).await;
+    let report = load(
+        &managers,
+        "latency",
+        3,
+        6,
+        Duration::from_millis(2000),
+        options,
+        Duration::from_millis(2),
+    )
+    .await;
     eprintln!("latency 40 ms each way: {report:?}");
     assert_eq!(report.overlaps, 0);
     assert!(report.completed > 10, "{report:?}");
-    assert!(report.worst_call <= wait + COMMAND_TIMEOUT + EPSILON, "{report:?}");
+    assert!(
+        report.worst_call <= wait + COMMAND_TIMEOUT + EPSILON,
+        "{report:?}"
+    );
     let direct = server.manager().await;
-    eventually(Duration::from_secs(1), "no lock left held", || all_free(&direct, "latency", 3)).await;
+    eventually(Duration::from_secs(1), "no lock left held", || {
+        all_free(&direct, "latency", 3)
+    })
+    .await;
 }
 
 /// One direction stalled while a call acquires (lease 10 s, wait 0 and 500 ms): the call fails
@@ -65,26 +83,45 @@ async fn stalled_direction_never_strands_the_lock() {
     let (locks, direct) = (through(&proxy).await, server.manager().await);
     let mut worst_overrun = Duration::ZERO;
     let mut worst_takeover = Duration::ZERO;
-    for (round, direction) in [Direction::Down, Direction::Up, Direction::Down, Direction::Up].into_iter().enumerate() {
+    for (round, direction) in [
+        Direction::Down,
+        Direction::Up,
+        Direction::Down,
+        Direction::Up,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         for wait in [Duration::ZERO, Duration::from_millis(500)] {
             let key = LockKey::new("stall").part(format!("{round}-{}", wait.as_millis()));
             proxy.stall(direction, true);
             let start = Instant::now();
-            let result = timeout(Duration::from_secs(5), locks.lock(&key, LockOptions::new().wait(wait).lease(LEASE)))
-                .await
-                .expect("the call hung");
+            let result = timeout(
+                Duration::from_secs(5),
+                locks.lock(&key, LockOptions::new().wait(wait).lease(LEASE)),
+            )
+            .await
+            .expect("the call hung");
             let took = start.elapsed();
             worst_overrun = worst_overrun.max(took.saturating_sub(wait));
             assert!(result.is_err(), "{direction:?} stalled, yet {result:?}");
-            assert!(took <= wait + COMMAND_TIMEOUT + EPSILON, "{direction:?} stalled: failed after {took:?} (wait {wait:?})");
+            assert!(
+                took <= wait + COMMAND_TIMEOUT + EPSILON,
+                "{direction:?} stalled: failed after {took:?} (wait {wait:?})"
+            );
             proxy.stall(direction, false);
             let released = Instant::now();
             let takeover = taken_after(&direct, &key, released).await;
             worst_takeover = worst_takeover.max(takeover);
-            assert!(takeover < Duration::from_secs(1), "{direction:?} stalled: the lock was held by nobody for {takeover:?}");
+            assert!(
+                takeover < Duration::from_secs(1),
+                "{direction:?} stalled: the lock was held by nobody for {takeover:?}"
+            );
         }
     }
-    eprintln!("stalls: worst overrun past wait {worst_overrun:?}, worst takeover {worst_takeover:?}");
+    eprintln!(
+        "stalls: worst overrun past wait {worst_overrun:?}, worst takeover {worst_takeover:?}"
+    );
 }
 
 /// Replies held, then every connection cut mid-command (the acquire reached Redis, its reply is
@@ -102,24 +139,42 @@ async fn connections_cut_mid_command_never_strand_the_lock() {
         let start = Instant::now();
         let call = tokio::spawn({
             let (locks, key) = (locks.clone(), key.clone());
-            async move { locks.lock(&key, LockOptions::new().wait(wait).lease(LEASE)).await }
+            async move {
+                locks
+                    .lock(&key, LockOptions::new().wait(wait).lease(LEASE))
+                    .await
+            }
         });
         sleep(Duration::from_millis(100)).await;
         proxy.cut_all();
         proxy.stall(Direction::Down, false);
-        let result = timeout(Duration::from_secs(5), call).await.expect("the call hung").unwrap();
+        let result = timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call hung")
+            .unwrap();
         let took = start.elapsed();
-        eprintln!("cut round {round}: {:?} after {took:?}", result.as_ref().map(|g| g.fencing_token()));
-        assert!(took <= wait + COMMAND_TIMEOUT + EPSILON, "returned after {took:?} (wait {wait:?})");
+        eprintln!(
+            "cut round {round}: {:?} after {took:?}",
+            result.as_ref().map(|g| g.fencing_token())
+        );
+        assert!(
+            took <= wait + COMMAND_TIMEOUT + EPSILON,
+            "returned after {took:?} (wait {wait:?})"
+        );
         match result {
             Ok(guard) => {
-                let probe = direct.lock(&key, LockOptions::new().wait(Duration::ZERO)).await;
+                let probe = direct
+                    .lock(&key, LockOptions::new().wait(Duration::ZERO))
+                    .await;
                 assert!(probe.is_err(), "two holders: {probe:?}");
                 guard.release().await.unwrap();
             }
             Err(_) => {
                 let takeover = taken_after(&direct, &key, Instant::now()).await;
-                assert!(takeover < Duration::from_secs(1), "the lock was held by nobody for {takeover:?}");
+                assert!(
+                    takeover < Duration::from_secs(1),
+                    "the lock was held by nobody for {takeover:?}"
+                );
             }
         }
     }
@@ -141,7 +196,9 @@ async fn release_cancelled_in_flight_still_completes() {
     let direct = server.manager().await;
     for round in 0..4 {
         let key = LockKey::new("cancelled-release").part(round);
-        let options = LockOptions::new().lease(LEASE).timeout(Duration::from_secs(5));
+        let options = LockOptions::new()
+            .lease(LEASE)
+            .timeout(Duration::from_secs(5));
         if round % 2 == 0 {
             let guard = locks.lock(&key, options).await.unwrap();
             if round == 2 {
@@ -150,7 +207,10 @@ async fn release_cancelled_in_flight_still_completes() {
             }
             proxy.stall(Direction::Up, true);
             let cancelled = timeout(Duration::from_millis(200), guard.release()).await;
-            assert!(cancelled.is_err(), "the release went through a stalled proxy");
+            assert!(
+                cancelled.is_err(),
+                "the release went through a stalled proxy"
+            );
         } else {
             let call = locks.run(&key, options, async {
                 if round == 3 {
@@ -160,14 +220,22 @@ async fn release_cancelled_in_flight_still_completes() {
                 Ok::<_, LockError>(())
             });
             let cancelled = timeout(Duration::from_millis(200), call).await;
-            assert!(cancelled.is_err(), "the guarded call's release went through a stalled proxy");
+            assert!(
+                cancelled.is_err(),
+                "the guarded call's release went through a stalled proxy"
+            );
         }
         sleep(Duration::from_millis(100)).await;
         let answered = Instant::now();
         proxy.stall(Direction::Up, false);
         let takeover = taken_after(&direct, &key, answered).await;
-        eprintln!("cancelled release round {round}: lock free {takeover:?} after Redis could answer");
-        assert!(takeover < Duration::from_secs(1), "the cancelled release never happened: free only after {takeover:?}");
+        eprintln!(
+            "cancelled release round {round}: lock free {takeover:?} after Redis could answer"
+        );
+        assert!(
+            takeover < Duration::from_secs(1),
+            "the cancelled release never happened: free only after {takeover:?}"
+        );
     }
 }
 
@@ -179,33 +247,57 @@ fn manager_outlives_the_runtime_that_built_it() {
     let url = server.url();
     let first = tokio::runtime::Runtime::new().unwrap();
     let locks = first.block_on(async {
-        LockManager::builder().url(&url).command_timeout(COMMAND_TIMEOUT).build().await.unwrap()
+        LockManager::builder()
+            .url(&url)
+            .command_timeout(COMMAND_TIMEOUT)
+            .build()
+            .await
+            .unwrap()
     });
     drop(first);
-    let second = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     second.block_on(async {
         let key = LockKey::new("runtime").part("moved");
         let holder = server.manager().await;
         for round in 0..3 {
             let start = Instant::now();
-            let result = timeout(Duration::from_secs(5), locks.lock(&key, LockOptions::new().wait(Duration::ZERO)))
-                .await
-                .expect("a call on a manager whose runtime is gone hung");
+            let result = timeout(
+                Duration::from_secs(5),
+                locks.lock(&key, LockOptions::new().wait(Duration::ZERO)),
+            )
+            .await
+            .expect("a call on a manager whose runtime is gone hung");
             let took = start.elapsed();
-            eprintln!("runtime gone, round {round}: {:?} after {took:?}", result.as_ref().map(|g| g.fencing_token()));
+            eprintln!(
+                "runtime gone, round {round}: {:?} after {took:?}",
+                result.as_ref().map(|g| g.fencing_token())
+            );
             assert!(took <= COMMAND_TIMEOUT + EPSILON, "took {took:?}");
             if let Ok(guard) = result {
                 guard.release().await.unwrap();
             }
             // Waiting needs the subscriber and timers: held elsewhere, wait 500 ms.
-            let held = holder.lock(&key, LockOptions::new().lease(Duration::from_secs(5))).await.unwrap();
+            let held = holder
+                .lock(&key, LockOptions::new().lease(Duration::from_secs(5)))
+                .await
+                .unwrap();
             let wait = Duration::from_millis(500);
             let start = Instant::now();
-            let result = timeout(Duration::from_secs(5), locks.lock(&key, LockOptions::new().wait(wait)))
-                .await
-                .expect("waiting on a manager whose runtime is gone hung");
+            let result = timeout(
+                Duration::from_secs(5),
+                locks.lock(&key, LockOptions::new().wait(wait)),
+            )
+            .await
+            .expect("waiting on a manager whose runtime is gone hung");
             let took = start.elapsed();
-            eprintln!("runtime gone, waiting: {:?} after {took:?}", result.as_ref().err());
+            eprintln!(
+                "runtime gone, waiting: {:?} after {took:?}",
+                result.as_ref().err()
+            );
             assert!(result.is_err());
             assert!(took <= wait + COMMAND_TIMEOUT + EPSILON, "took {took:?}");
             held.release().await.unwrap();
@@ -213,12 +305,21 @@ fn manager_outlives_the_runtime_that_built_it() {
         // A stalled Redis: only the manager's own command timeout ends the call.
         server.pause(Duration::from_millis(1500)).await;
         let start = Instant::now();
-        let result = timeout(Duration::from_secs(5), locks.lock(&key, LockOptions::new().wait(Duration::ZERO)))
-            .await
-            .expect("a call to a paused Redis on a manager whose runtime is gone hung");
+        let result = timeout(
+            Duration::from_secs(5),
+            locks.lock(&key, LockOptions::new().wait(Duration::ZERO)),
+        )
+        .await
+        .expect("a call to a paused Redis on a manager whose runtime is gone hung");
         let took = start.elapsed();
-        eprintln!("runtime gone, paused redis: {:?} after {took:?}", result.as_ref().err());
+        eprintln!(
+            "runtime gone, paused redis: {:?} after {took:?}",
+            result.as_ref().err()
+        );
         assert!(result.is_err(), "a paused Redis cannot grant a lock");
-        assert!(took <= COMMAND_TIMEOUT + EPSILON, "not bounded by the command timeout: {took:?}");
+        assert!(
+            took <= COMMAND_TIMEOUT + EPSILON,
+            "not bounded by the command timeout: {took:?}"
+        );
     });
 }

@@ -42,7 +42,9 @@ async fn pause_all_during_acquire_never_starts_the_body() {
     let key = LockKey::new("faults").part("pause-acquire");
     for options in [
         LockOptions::new().lease(Duration::from_millis(300)),
-        LockOptions::new().lease(Duration::from_millis(300)).wait(Duration::ZERO),
+        LockOptions::new()
+            .lease(Duration::from_millis(300))
+            .wait(Duration::ZERO),
     ] {
         pause(&server, Duration::from_millis(700), PauseMode::All).await;
         let ran = AtomicBool::new(false);
@@ -53,8 +55,14 @@ async fn pause_all_during_acquire_never_starts_the_body() {
                 Ok::<_, LockError>(())
             })
             .await;
-        eprintln!("acquire under CLIENT PAUSE 700 ALL: {result:?} after {:?}", start.elapsed());
-        assert!(!ran.load(SeqCst), "the body started after its lease's validity: {result:?}");
+        eprintln!(
+            "acquire under CLIENT PAUSE 700 ALL: {result:?} after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            !ran.load(SeqCst),
+            "the body started after its lease's validity: {result:?}"
+        );
         assert!(result.is_err(), "the call returned {result:?}");
         sleep(Duration::from_millis(400)).await;
     }
@@ -67,7 +75,10 @@ async fn pause_all_during_acquire_never_starts_the_body() {
 async fn pause_all_during_a_fixed_lease_body() {
     let server = RedisServer::start();
     let command_timeout = Duration::from_millis(300);
-    let (locks, other) = (manager(&server, command_timeout).await, server.manager().await);
+    let (locks, other) = (
+        manager(&server, command_timeout).await,
+        server.manager().await,
+    );
     let key = LockKey::new("faults").part("pause-body");
     let dropped = Arc::new(std::sync::Mutex::new(None));
     let acquired = std::sync::Mutex::new(None);
@@ -89,16 +100,25 @@ async fn pause_all_during_a_fixed_lease_body() {
         dropped - acquired,
         returned - acquired
     );
-    assert!(matches!(result, Err(LockError::Deadline { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(LockError::Deadline { .. })),
+        "{result:?}"
+    );
     assert!(dropped - acquired <= lease * 2 / 3 + EPSILON);
-    assert!(returned - dropped <= command_timeout + EPSILON, "the release was not bounded");
+    assert!(
+        returned - dropped <= command_timeout + EPSILON,
+        "the release was not bounded"
+    );
     let free = other
         .lock(&key, LockOptions::new().wait(Duration::from_secs(3)))
         .await
         .expect("free after the pause");
     let took = acquired.elapsed();
     eprintln!("paused body: another instance took the lock {took:?} after the acquisition");
-    assert!(took <= Duration::from_millis(1500) + EPSILON, "free only after {took:?}");
+    assert!(
+        took <= Duration::from_millis(1500) + EPSILON,
+        "free only after {took:?}"
+    );
     free.release().await.unwrap();
 }
 
@@ -109,7 +129,10 @@ async fn pause_all_during_a_fixed_lease_body() {
 async fn pause_all_during_release() {
     let server = RedisServer::start();
     let command_timeout = Duration::from_millis(300);
-    let (locks, other) = (manager(&server, command_timeout).await, server.manager().await);
+    let (locks, other) = (
+        manager(&server, command_timeout).await,
+        server.manager().await,
+    );
     let key = LockKey::new("faults").part("pause-release");
     let options = LockOptions::new().lease(Duration::from_secs(10));
     let mut paused_at = None;
@@ -125,14 +148,21 @@ async fn pause_all_during_release() {
     let returned = Instant::now();
     let body_end = body_end.lock().unwrap().unwrap();
     assert_eq!(result.unwrap(), 7);
-    assert!(returned - body_end <= command_timeout + EPSILON, "returned {:?} after the body", returned - body_end);
+    assert!(
+        returned - body_end <= command_timeout + EPSILON,
+        "returned {:?} after the body",
+        returned - body_end
+    );
     let waiter = other
         .lock(&key, LockOptions::new().wait(Duration::from_secs(5)))
         .await
         .expect("the lock is freed by the release Redis got");
     let took = paused_at.unwrap().elapsed();
     eprintln!("release under pause: another instance took the lock {took:?} after the pause began");
-    assert!(took < Duration::from_millis(1000) + Duration::from_millis(500), "only after {took:?}");
+    assert!(
+        took < Duration::from_millis(1000) + Duration::from_millis(500),
+        "only after {took:?}"
+    );
     waiter.release().await.unwrap();
 }
 
@@ -154,7 +184,10 @@ async fn restart_empty_frees_the_lock_but_tokens_still_rise() {
         .await
         .expect("the restart lost the lock");
     assert!(taken.fencing_token() > held.fencing_token());
-    assert!(!held.release().await.unwrap(), "the old holder's release must not free the new lock");
+    assert!(
+        !held.release().await.unwrap(),
+        "the old holder's release must not free the new lock"
+    );
     assert!(taken.release().await.unwrap());
 }
 
@@ -169,7 +202,10 @@ where
 {
     let server = Arc::new(RedisServer::start());
     let command_timeout = Duration::from_millis(500);
-    let managers = [manager(&server, command_timeout).await, manager(&server, command_timeout).await];
+    let managers = [
+        manager(&server, command_timeout).await,
+        manager(&server, command_timeout).await,
+    ];
     let wait = Duration::from_secs(3);
     let options = LockOptions::new().wait(wait).lease(Duration::from_secs(2));
     let stop = Arc::new(AtomicBool::new(false));
@@ -185,7 +221,16 @@ where
             n
         }
     });
-    let report = load(&managers, name, 4, 8, Duration::from_millis(2500), options, Duration::from_millis(3)).await;
+    let report = load(
+        &managers,
+        name,
+        4,
+        8,
+        Duration::from_millis(2500),
+        options,
+        Duration::from_millis(3),
+    )
+    .await;
     stop.store(true, SeqCst);
     let faults = nemesis.await.unwrap();
     eprintln!(
@@ -204,10 +249,17 @@ where
         report.worst_call
     );
     let fresh = server.manager().await;
-    eventually(Duration::from_secs(1), "no lock left held by nobody", || all_free(&fresh, name, 4)).await;
-    eventually(Duration::from_secs(3), "no channel left subscribed", || async {
-        server.pubsub_channels().await.is_empty()
-    })
+    eventually(
+        Duration::from_secs(1),
+        "no lock left held by nobody",
+        || all_free(&fresh, name, 4),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(3),
+        "no channel left subscribed",
+        || async { server.pubsub_channels().await.is_empty() },
+    )
     .await;
 }
 
@@ -243,20 +295,34 @@ async fn no_subscription_outlives_its_waiters() {
     let server = RedisServer::start();
     let (locks, holder) = (server.manager().await, server.manager().await);
     for round in 0..3 {
-        let keys: Vec<LockKey> = (0..4).map(|i| LockKey::new("subs").part(format!("{round}-{i}"))).collect();
+        let keys: Vec<LockKey> = (0..4)
+            .map(|i| LockKey::new("subs").part(format!("{round}-{i}")))
+            .collect();
         let mut guards = Vec::new();
         for key in &keys {
-            guards.push(holder.lock(key, LockOptions::new().lease(Duration::from_secs(5))).await.unwrap());
+            guards.push(
+                holder
+                    .lock(key, LockOptions::new().lease(Duration::from_secs(5)))
+                    .await
+                    .unwrap(),
+            );
         }
         let mut waiters = tokio::task::JoinSet::new();
         for (i, key) in keys.iter().enumerate() {
             let (locks, key) = (locks.clone(), key.clone());
             let wait = Duration::from_millis(if i % 2 == 0 { 400 } else { 3000 });
-            waiters.spawn(async move { locks.lock(&key, LockOptions::new().wait(wait)).await.map(drop) });
+            waiters.spawn(async move {
+                locks
+                    .lock(&key, LockOptions::new().wait(wait))
+                    .await
+                    .map(drop)
+            });
         }
-        eventually(Duration::from_secs(3), "every waiter subscribed", || async {
-            server.pubsub_channels().await.len() == keys.len()
-        })
+        eventually(
+            Duration::from_secs(3),
+            "every waiter subscribed",
+            || async { server.pubsub_channels().await.len() == keys.len() },
+        )
         .await;
         if round != 1 {
             server.kill_pubsub_clients().await;
@@ -282,9 +348,11 @@ async fn no_subscription_outlives_its_waiters() {
         for guard in guards {
             guard.release().await.unwrap();
         }
-        let took = eventually(Duration::from_secs(3), "no channel left subscribed once idle", || async {
-            server.pubsub_channels().await.is_empty()
-        })
+        let took = eventually(
+            Duration::from_secs(3),
+            "no channel left subscribed once idle",
+            || async { server.pubsub_channels().await.is_empty() },
+        )
         .await;
         eprintln!("round {round}: channels empty {took:?} after the last waiter");
     }

@@ -136,10 +136,16 @@ async fn tokens_increase_across_a_restart_from_an_older_snapshot() {
         .query_async(&mut server.connection().await)
         .await
         .expect("the snapshot kept a counter");
-    assert_eq!(stored, issued[4], "the restart loaded the snapshot taken after the 5th token");
+    assert_eq!(
+        stored, issued[4],
+        "the restart loaded the snapshot taken after the 5th token"
+    );
 
     let after = tokens(&managers, &key, 5).await;
-    eprintln!("older snapshot: highest issued {highest}, stale counter {stored}, next {}", after[0]);
+    eprintln!(
+        "older snapshot: highest issued {highest}, stale counter {stored}, next {}",
+        after[0]
+    );
     assert!(
         after[0] > highest,
         "token {} after the restart from an older snapshot <= {highest} issued before it",

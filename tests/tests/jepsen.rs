@@ -57,7 +57,9 @@ async fn run(duration: Duration) {
     eprintln!("jepsen: {duration:?}, seed {seed}");
     let mut rng = Rng(seed);
     let end = Instant::now() + duration;
-    let mut workers: Vec<Worker> = (0..WORKERS).map(|_| spawn_worker(&server, &store_server, duration)).collect();
+    let mut workers: Vec<Worker> = (0..WORKERS)
+        .map(|_| spawn_worker(&server, &store_server, duration))
+        .collect();
     let mut retired: Vec<Worker> = Vec::new();
     let mut faults = [0u32; 5]; // freeze, kill, pause all, pause write, restart redis
     // Bounded in count as well as in time.
@@ -83,7 +85,11 @@ async fn run(duration: Duration) {
                 faults[1] += 1;
             }
             6..=7 => {
-                let mode = if rng.below(2) == 0 { PauseMode::All } else { PauseMode::Write };
+                let mode = if rng.below(2) == 0 {
+                    PauseMode::All
+                } else {
+                    PauseMode::Write
+                };
                 pause(&server, Duration::from_millis(100 + rng.below(500)), mode).await;
                 faults[if mode == PauseMode::All { 2 } else { 3 }] += 1;
             }
@@ -98,7 +104,8 @@ async fn run(duration: Duration) {
     for worker in &mut workers {
         worker.signal("CONT");
         let done = worker.line("DONE", Duration::from_secs(10)).await;
-        let done = done.unwrap_or_else(|| panic!("a worker did not finish: {:?}", worker.seen.last()));
+        let done =
+            done.unwrap_or_else(|| panic!("a worker did not finish: {:?}", worker.seen.last()));
         completed += field(&done, 1).parse::<u64>().unwrap();
         fenced += field(&done, 2).parse::<u64>().unwrap();
         errors += field(&done, 3).parse::<u64>().unwrap();
@@ -126,7 +133,10 @@ async fn run(duration: Duration) {
     );
     assert!(violations.is_empty(), "violations: {violations:#?}");
     assert!(sections > 0, "no section was accepted");
-    assert!(faults.iter().sum::<u32>() > 0 || duration < Duration::from_secs(2), "no fault injected");
+    assert!(
+        faults.iter().sum::<u32>() > 0 || duration < Duration::from_secs(2),
+        "no fault injected"
+    );
 }
 
 /// The short run the default test suite keeps, so CI exercises the checker.
@@ -152,6 +162,14 @@ fn checker_finds_violations() {
     use lock_guard_tests::Section;
     let s = |token, start, end| Section { token, start, end };
     assert!(check(&[s(1, 0, 10), s(2, 10, 20)]).overlaps.is_empty());
-    assert_eq!(check(&[s(1, 0, 30), s(2, 10, 20), s(3, 25, 40)]).overlaps.len(), 2);
-    assert_eq!(check(&[s(2, 0, 10), s(2, 20, 30)]).token_regressions.len(), 1);
+    assert_eq!(
+        check(&[s(1, 0, 30), s(2, 10, 20), s(3, 25, 40)])
+            .overlaps
+            .len(),
+        2
+    );
+    assert_eq!(
+        check(&[s(2, 0, 10), s(2, 20, 30)]).token_regressions.len(),
+        1
+    );
 }

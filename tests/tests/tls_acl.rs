@@ -22,7 +22,10 @@ async fn locks_work(server: &RedisServer) {
         })
         .await;
     let second = ran.unwrap().expect("a token inside the body");
-    assert!(second > first, "token {second} after {first}: fencing over TLS/ACL must rise");
+    assert!(
+        second > first,
+        "token {second} after {first}: fencing over TLS/ACL must rise"
+    );
     // The counter is really on this (TLS/ACL) server: it holds the last token issued.
     let stored: u64 = redis::cmd("GET")
         .arg(format!("{}:fence", locks.redis_key(&key)))

@@ -349,7 +349,9 @@ async fn stalled_renewals_drop_the_body_by_the_last_confirmed_validity() {
     let paused_at = paused_at.lock().unwrap().expect("the pause was set");
     let dropped = dropped.lock().unwrap().expect("the body was dropped");
     let after = dropped.saturating_duration_since(paused_at);
-    eprintln!("watchdog under CLIENT PAUSE WRITE: body dropped {after:?} after the pause began: {result:?}");
+    eprintln!(
+        "watchdog under CLIENT PAUSE WRITE: body dropped {after:?} after the pause began: {result:?}"
+    );
     assert!(result.is_err(), "{result:?}");
     assert!(
         after <= WATCHDOG_LEASE + Duration::from_millis(50),

@@ -112,7 +112,11 @@ async fn main() {
             let result = locks
                 .run(&key, options, async {
                     let token = lock_guard::fencing_token().expect("a token in the body");
-                    say(&format!("ACQUIRED {} {token} {sent} {}", keys[0], unix_micros()));
+                    say(&format!(
+                        "ACQUIRED {} {token} {sent} {}",
+                        keys[0],
+                        unix_micros()
+                    ));
                     tokio::time::sleep(body).await;
                     write(store.as_ref(), &keys[0], token).await
                 })
@@ -129,15 +133,19 @@ async fn main() {
                 Err(e) => return say(&format!("RESULT err {e:?}")),
             };
             let token = guard.fencing_token();
-            say(&format!("ACQUIRED {} {token} {sent} {}", keys[0], unix_micros()));
+            say(&format!(
+                "ACQUIRED {} {token} {sent} {}",
+                keys[0],
+                unix_micros()
+            ));
             if mode == "hold" {
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(body).await;
-            if mode == "guard-write" {
-                if let Err(e) = write(store.as_ref(), &keys[0], token).await {
-                    say(&format!("RESULT err {e:?}"));
-                }
+            if mode == "guard-write"
+                && let Err(e) = write(store.as_ref(), &keys[0], token).await
+            {
+                say(&format!("RESULT err {e:?}"));
             }
             match guard.release().await {
                 Ok(released) => say(&format!("RESULT ok released={released}")),
@@ -161,10 +169,13 @@ async fn jepsen(
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let mut set = tokio::task::JoinSet::new();
     for task in 0..tasks {
-        let (locks, store, keys, counts) = (locks.clone(), store.clone(), keys.clone(), counts.clone());
+        let (locks, store, keys, counts) =
+            (locks.clone(), store.clone(), keys.clone(), counts.clone());
         set.spawn(async move {
             // A cheap per-task pseudo-random sequence (no dependency needed).
-            let mut seed = unix_micros() ^ (task.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ u64::from(std::process::id());
+            let mut seed = unix_micros()
+                ^ (task.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                ^ u64::from(std::process::id());
             let mut next = move || {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
