@@ -115,8 +115,10 @@ async fn pause_all_during_a_fixed_lease_body() {
         .expect("free after the pause");
     let took = acquired.elapsed();
     eprintln!("paused body: another instance took the lock {took:?} after the acquisition");
+    // Redis expires no key while paused: the lease ends at the pause's end at the earliest; one
+    // retry of the waiter after that.
     assert!(
-        took <= Duration::from_millis(1500) + EPSILON,
+        took <= Duration::from_millis(1500) + Duration::from_millis(300),
         "free only after {took:?}"
     );
     free.release().await.unwrap();
