@@ -14,6 +14,9 @@ const NEVER_A_HANG: Duration = Duration::from_secs(4);
 /// How long a failure may take: a checkout, a connect and a command, each bounded by the timeout.
 const BOUNDED: Duration = Duration::from_millis(2000);
 
+/// Scheduling allowance on a shared 2-core machine.
+const SCHEDULING: Duration = Duration::from_millis(100);
+
 /// A body for calls that must fail before it runs.
 async fn never_runs() -> Result<(), LockError> {
     panic!("the body ran without the lock")
@@ -254,7 +257,11 @@ async fn waiter_on_a_dying_redis_ends_in_time() {
     eprintln!("waiter on a dying redis: {result:?} after {took:?}");
     let err = result.expect_err("no lock from a dead redis");
     assert!(err.is_backend() || err.is_not_acquired(), "{err:?}");
-    assert!(took < wait + BOUNDED, "ended only after {took:?}");
+    // S15: `wait` + one command timeout, plus scheduling.
+    assert!(
+        took <= wait + COMMAND_TIMEOUT + SCHEDULING,
+        "ended only after {took:?} (wait {wait:?} + command timeout {COMMAND_TIMEOUT:?})"
+    );
     backend_error(
         "lock after the waiter's redis died",
         waiter.lock(&key, LockOptions::new()),

@@ -32,6 +32,8 @@ backend_tests! {
         let managers = [backend.manager().await, backend.manager().await];
         let key = LockKey::new("fencing").part("alternating");
         let tokens = tokens(&managers, &key, 300).await;
+        // Tokens count acquisitions only loosely (they start from the server clock), but never
+        // repeat or shrink; a token of 0 would be no token at all.
         assert!(tokens[0] > 0);
         assert_strictly_increasing(&tokens);
     }
@@ -108,6 +110,45 @@ async fn tokens_increase_across_a_restart_that_loses_the_counter() {
     assert!(
         after[0] > highest,
         "token {} after the restart <= {highest} before it",
+        after[0]
+    );
+    assert_strictly_increasing(&after);
+}
+
+/// Redis restarts from an older RDB snapshot (`SAVE` after the 5th of 25 acquisitions, then
+/// SIGKILL): the counter survives but is stale. A token derived from the stale counter alone
+/// would go backwards; the next token must exceed every token issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_increase_across_a_restart_from_an_older_snapshot() {
+    let mut server = RedisServer::start();
+    let managers = [server.manager().await, server.manager().await];
+    let key = LockKey::new("fencing").part("snapshot");
+    let mut issued = tokens(&managers, &key, 5).await;
+    lock_guard_tests::faults::save_snapshot(&server).await;
+    issued.extend(tokens(&managers, &key, 20).await);
+    assert_strictly_increasing(&issued);
+    let highest = *issued.last().unwrap();
+
+    server.restart();
+    let fence_key = format!("{}:fence", managers[0].redis_key(&key));
+    let stored: u64 = redis::cmd("GET")
+        .arg(&fence_key)
+        .query_async(&mut server.connection().await)
+        .await
+        .expect("the snapshot kept a counter");
+    assert_eq!(
+        stored, issued[4],
+        "the restart loaded the snapshot taken after the 5th token"
+    );
+
+    let after = tokens(&managers, &key, 5).await;
+    eprintln!(
+        "older snapshot: highest issued {highest}, stale counter {stored}, next {}",
+        after[0]
+    );
+    assert!(
+        after[0] > highest,
+        "token {} after the restart from an older snapshot <= {highest} issued before it",
         after[0]
     );
     assert_strictly_increasing(&after);

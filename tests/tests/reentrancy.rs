@@ -25,6 +25,61 @@ async fn free_for_another_task(locks: &LockManager, key: &LockKey) -> bool {
 }
 
 backend_tests! {
+    /// A nested call keeps its own deadline (S13): the earlier of its own and the enclosing one.
+    /// An inner body with `timeout = 200ms` inside an outer one of 5 s is dropped at ~200 ms with
+    /// `Deadline`, and the outer body goes on holding the lock.
+    async fn nested_call_keeps_its_own_deadline(backend) {
+        let locks = backend.manager().await;
+        let key = LockKey::new("reentrancy").part("nested-deadline");
+        let outer = locks
+            .run(&key, WAIT.timeout(Duration::from_secs(5)), async {
+                let start = Instant::now();
+                let inner = locks
+                    .run(&key, WAIT.timeout(Duration::from_millis(200)), async {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Ok::<_, LockError>(())
+                    })
+                    .await;
+                let took = start.elapsed();
+                Ok::<_, LockError>((inner, took))
+            })
+            .await;
+        let (inner, took) = outer.expect("the outer call succeeds");
+        eprintln!("{}: nested call ended after {took:?}: {inner:?}", backend.name());
+        assert!(matches!(inner, Err(LockError::Deadline { .. })), "the nested call ignored its deadline: {inner:?}");
+        assert!(took < Duration::from_millis(400), "the nested body ran {took:?}");
+    }
+
+    /// Two bodies of one key driven by `join!` in one task never run at the same time (S13): the
+    /// second waits for the first or fails clearly.
+    async fn joined_bodies_of_one_key_never_overlap(backend) {
+        let locks = backend.manager().await;
+        let key = LockKey::new("reentrancy").part("joined");
+        let busy = std::sync::atomic::AtomicBool::new(false);
+        let overlaps = std::sync::atomic::AtomicU32::new(0);
+        let body = || async {
+            if busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                overlaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            busy.store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, LockError>(())
+        };
+        let outer = locks
+            .run(&key, WAIT, async {
+                let (a, b) = tokio::join!(locks.run(&key, WAIT, body()), locks.run(&key, WAIT, body()));
+                Ok::<_, LockError>((a, b))
+            })
+            .await;
+        let (a, b) = outer.expect("the outer call succeeds");
+        eprintln!("{}: joined nested bodies: {a:?} {b:?}", backend.name());
+        assert_eq!(overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "two bodies of one key ran at once");
+        assert!(a.is_ok() || b.is_ok(), "at least one body runs: {a:?} {b:?}");
+        let (la, lb) = tokio::join!(locks.run(&key, WAIT, body()), locks.run(&key, WAIT, body()));
+        assert!(la.is_ok() && lb.is_ok(), "un-nested, both run in turn: {la:?} {lb:?}");
+        assert_eq!(overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "two bodies of one key ran at once");
+    }
+
     /// Nested three deep, each with a 5 s wait: the inner calls return at once, see the outer
     /// token, send nothing to Redis, and the lock is still held after they return.
     async fn nested_call_runs_at_once(backend) {
@@ -116,7 +171,9 @@ backend_tests! {
         let token = || async { lock_guard::fencing_token() };
         let first = locks.run(&key, WAIT, async { Ok::<_, LockError>(token().await) }).await.unwrap();
         let second = locks.run(&key, WAIT, async { Ok::<_, LockError>(token().await) }).await.unwrap();
-        assert!(second > first, "{second:?} after {first:?}");
+        // Both must be tokens: `Some(_) > None` would hide a missing one.
+        let (first, second) = (first.expect("a token in the first body"), second.expect("a token in the second body"));
+        assert!(second > first, "{second} after {first}");
     }
 }
 

@@ -14,14 +14,25 @@ async fn locks_work(server: &RedisServer) {
     let key = LockKey::new("secure").part(server.port());
 
     let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
-    assert!(guard.fencing_token() > 0);
+    let first = guard.fencing_token();
     assert!(guard.release().await.unwrap());
     let ran = locks
         .run(&key, LockOptions::new(), async {
             Ok::<_, LockError>(lock_guard::fencing_token())
         })
         .await;
-    assert!(ran.unwrap().is_some());
+    let second = ran.unwrap().expect("a token inside the body");
+    assert!(
+        second > first,
+        "token {second} after {first}: fencing over TLS/ACL must rise"
+    );
+    // The counter is really on this (TLS/ACL) server: it holds the last token issued.
+    let stored: u64 = redis::cmd("GET")
+        .arg(format!("{}:fence", locks.redis_key(&key)))
+        .query_async(&mut server.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(stored, second);
 
     let held = locks
         .lock(&key, LockOptions::new().lease(Duration::from_secs(30)))

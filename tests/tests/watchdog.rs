@@ -303,3 +303,58 @@ async fn dead_redis_under_a_watchdog_lock_drops_the_body_by_the_lease_end() {
     );
     assert!(!finished.load(SeqCst));
 }
+
+/// Redis stalls writes (`CLIENT PAUSE 2000 WRITE`, scripts included) 250 ms into a watchdog body
+/// (watchdog lease 600 ms, command timeout 1 s): the renewal in flight cannot extend the lease, so
+/// the body is dropped by the last validity Redis confirmed — at most a lease after the pause
+/// began (the last renewal that succeeded was sent before it) — not when that renewal times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_renewals_drop_the_body_by_the_last_confirmed_validity() {
+    let server = RedisServer::start();
+    let locks = server
+        .builder()
+        .watchdog_lease(WATCHDOG_LEASE)
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let key = LockKey::new("watchdog").part("stalled-renewals");
+    let dropped = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    struct DropClock(Arc<std::sync::Mutex<Option<Instant>>>);
+    impl Drop for DropClock {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(Instant::now());
+        }
+    }
+    let paused_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let result = locks
+        .run(&key, LockOptions::new().watchdog(), {
+            let (dropped, paused_at, server) = (dropped.clone(), paused_at.clone(), &server);
+            async move {
+                let _clock = DropClock(dropped);
+                sleep(Duration::from_millis(250)).await;
+                // Everything the manager sent before this reply was confirmed is not paused.
+                lock_guard_tests::faults::pause(
+                    server,
+                    Duration::from_millis(2000),
+                    lock_guard_tests::faults::PauseMode::Write,
+                )
+                .await;
+                *paused_at.lock().unwrap() = Some(Instant::now());
+                sleep(Duration::from_secs(3)).await;
+                Ok::<_, LockError>(())
+            }
+        })
+        .await;
+    let paused_at = paused_at.lock().unwrap().expect("the pause was set");
+    let dropped = dropped.lock().unwrap().expect("the body was dropped");
+    let after = dropped.saturating_duration_since(paused_at);
+    eprintln!(
+        "watchdog under CLIENT PAUSE WRITE: body dropped {after:?} after the pause began: {result:?}"
+    );
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        after <= WATCHDOG_LEASE + Duration::from_millis(50),
+        "the body ran {after:?} after the pause began; the last confirmed lease ended by {WATCHDOG_LEASE:?}"
+    );
+}

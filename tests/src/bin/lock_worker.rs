@@ -1,0 +1,224 @@
+//! A worker process for the cross-process fault tests: takes locks on a Redis through lock-guard
+//! and writes through the fenced store, printing one machine-readable line per event on stdout
+//! (flushed at once):
+//!
+//! - `ACQUIRED <key> <token> <sent_unix_us> <acquired_unix_us>`: the body started (or the guard
+//!   was taken); `sent` is just before the acquisition was asked for;
+//! - `WRITING <key> <token>`: about to send the fenced write;
+//! - `WROTE <key> <token> <store_us>` / `REJECTED <key> <token> <highest>`: the store's answer;
+//! - `RESULT ok` / `RESULT err <error>`: how the guarded call ended;
+//! - `SECTION <key> <token> <begin> <end>` (jepsen mode): `accepted`/`fenced`/`skipped` for
+//!   each step; `DONE <completed> <fenced> <errors>` at the end.
+//!
+//! Arguments are `name=value`: `url` (Redis of the locks), `store` (the fenced store; optional),
+//! `keys` (comma-separated), `lease_ms`, `wait_ms`, `body_ms`, `timeout_ms`, `tasks`,
+//! `duration_ms`, `command_timeout_ms`, and `mode`:
+//!
+//! - `run-write`: one `run` with a fixed lease; the body sleeps `body_ms`, then writes;
+//! - `guard-write`: the same with `lock` and a guard (nothing bounds the body: fencing must);
+//! - `hold`: takes the lock with a guard and sleeps until killed;
+//! - `acquire`: takes the lock (waiting up to `wait_ms`), prints, releases, exits;
+//! - `jepsen`: `tasks` tasks for `duration_ms`, each taking random keys in turn and running a
+//!   section (`begin`, a short sleep, `end`) through the store.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use lock_guard::{LockError, LockKey, LockManager, LockOptions};
+use lock_guard_tests::{Fenced, FencedStore, unix_micros};
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+    fn ms(&self, name: &str, default: u64) -> Duration {
+        Duration::from_millis(self.get(name).map_or(default, |v| v.parse().expect(name)))
+    }
+}
+
+/// Why a body failed; printed with `Debug` on the `RESULT` line.
+#[derive(Debug)]
+#[allow(dead_code, reason = "the fields are read through Debug")]
+enum Failure {
+    Lock(LockError),
+    Store(redis::RedisError),
+}
+
+impl From<LockError> for Failure {
+    fn from(e: LockError) -> Self {
+        Failure::Lock(e)
+    }
+}
+
+async fn write(store: Option<&FencedStore>, key: &str, token: u64) -> Result<(), Failure> {
+    say(&format!("WRITING {key} {token}"));
+    if let Some(store) = store {
+        match store.write(key, token).await.map_err(Failure::Store)? {
+            Fenced::Accepted(at) => say(&format!("WROTE {key} {token} {at}")),
+            Fenced::Rejected(highest) => say(&format!("REJECTED {key} {token} {highest}")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args(
+        std::env::args()
+            .skip(1)
+            .filter_map(|a| a.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect(),
+    );
+    let url = args.get("url").expect("url=redis://…");
+    let locks = LockManager::builder()
+        .url(url)
+        .command_timeout(args.ms("command_timeout_ms", 1000))
+        .build()
+        .await
+        .expect("a lock manager");
+    let store = match args.get("store") {
+        Some(url) => Some(FencedStore::connect(url).await.expect("the fenced store")),
+        None => None,
+    };
+    let keys: Vec<String> = args
+        .get("keys")
+        .unwrap_or("k")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut options = LockOptions::new()
+        .wait(args.ms("wait_ms", 5000))
+        .lease(args.ms("lease_ms", 3000));
+    if args.get("timeout_ms").is_some() {
+        options = options.timeout(args.ms("timeout_ms", 0));
+    }
+    let body = args.ms("body_ms", 0);
+    let key = LockKey::new("worker").part(&keys[0]);
+    let mode = args.get("mode").unwrap_or("acquire");
+    match mode {
+        "run-write" => {
+            let sent = unix_micros();
+            let result = locks
+                .run(&key, options, async {
+                    let token = lock_guard::fencing_token().expect("a token in the body");
+                    say(&format!(
+                        "ACQUIRED {} {token} {sent} {}",
+                        keys[0],
+                        unix_micros()
+                    ));
+                    tokio::time::sleep(body).await;
+                    write(store.as_ref(), &keys[0], token).await
+                })
+                .await;
+            match result {
+                Ok(()) => say("RESULT ok"),
+                Err(e) => say(&format!("RESULT err {e:?}")),
+            }
+        }
+        "guard-write" | "hold" | "acquire" => {
+            let sent = unix_micros();
+            let guard = match locks.lock(&key, options).await {
+                Ok(g) => g,
+                Err(e) => return say(&format!("RESULT err {e:?}")),
+            };
+            let token = guard.fencing_token();
+            say(&format!(
+                "ACQUIRED {} {token} {sent} {}",
+                keys[0],
+                unix_micros()
+            ));
+            if mode == "hold" {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(body).await;
+            if mode == "guard-write"
+                && let Err(e) = write(store.as_ref(), &keys[0], token).await
+            {
+                say(&format!("RESULT err {e:?}"));
+            }
+            match guard.release().await {
+                Ok(released) => say(&format!("RESULT ok released={released}")),
+                Err(e) => say(&format!("RESULT err {e:?}")),
+            }
+        }
+        "jepsen" => jepsen(&args, locks, store.expect("store=…"), keys, options).await,
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+async fn jepsen(
+    args: &Args,
+    locks: LockManager,
+    store: FencedStore,
+    keys: Vec<String>,
+    options: LockOptions,
+) {
+    let tasks: u64 = args.get("tasks").map_or(4, |v| v.parse().expect("tasks"));
+    let end = tokio::time::Instant::now() + args.ms("duration_ms", 5000);
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut set = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let (locks, store, keys, counts) =
+            (locks.clone(), store.clone(), keys.clone(), counts.clone());
+        set.spawn(async move {
+            // A cheap per-task pseudo-random sequence (no dependency needed).
+            let mut seed = unix_micros()
+                ^ (task.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                ^ u64::from(std::process::id());
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            // Bounded in count as well as in time.
+            for _ in 0..100_000 {
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+                let name = &keys[(next() % keys.len() as u64) as usize];
+                let key = LockKey::new("jepsen").part(name);
+                let pause = Duration::from_millis(next() % 15);
+                let result = locks
+                    .run(&key, options, async {
+                        let token = lock_guard::fencing_token().expect("a token in the body");
+                        let begin = store.begin(name, token).await.map_err(Failure::Store)?;
+                        if matches!(begin, Fenced::Rejected(_)) {
+                            say(&format!("SECTION {name} {token} fenced skipped"));
+                            return Ok(false);
+                        }
+                        tokio::time::sleep(pause).await;
+                        let end = store.end(name, token).await.map_err(Failure::Store)?;
+                        let accepted = matches!(end, Fenced::Accepted(_));
+                        let word = if accepted { "accepted" } else { "fenced" };
+                        say(&format!("SECTION {name} {token} accepted {word}"));
+                        Ok::<_, Failure>(accepted)
+                    })
+                    .await;
+                match result {
+                    Ok(true) => counts[0].fetch_add(1, Relaxed),
+                    Ok(false) => counts[1].fetch_add(1, Relaxed),
+                    Err(_) => counts[2].fetch_add(1, Relaxed),
+                };
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    say(&format!(
+        "DONE {} {} {}",
+        counts[0].load(Relaxed),
+        counts[1].load(Relaxed),
+        counts[2].load(Relaxed)
+    ));
+}

@@ -1,0 +1,325 @@
+//! Network faults through a TCP proxy between the managers and Redis (S14, S15): latency, one
+//! direction stalled past the command timeout, connections cut mid-command, a release cancelled
+//! in flight, and a manager whose runtime is gone. A reply can arrive after the caller gave up:
+//! the lock is never left held by nobody for the rest of its lease, two holders never coexist,
+//! and every call returns within `wait` + one command timeout (+ scheduling).
+
+use std::time::Duration;
+
+use lock_guard::{LockError, LockKey, LockManager, LockOptions};
+use lock_guard_tests::{Direction, Proxy, RedisServer, all_free, eventually, load};
+use tokio::time::{Instant, sleep, timeout};
+
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
+/// Scheduling allowance on a shared 2-core machine.
+const EPSILON: Duration = Duration::from_millis(100);
+const LEASE: Duration = Duration::from_secs(10);
+
+async fn through(proxy: &Proxy) -> LockManager {
+    LockManager::builder()
+        .url(&proxy.url())
+        .command_timeout(COMMAND_TIMEOUT)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// How long after `since` a direct manager takes `key` (waiting up to 3 s); panics if it cannot.
+async fn taken_after(direct: &LockManager, key: &LockKey, since: Instant) -> Duration {
+    let guard = direct
+        .lock(
+            key,
+            LockOptions::new().wait(Duration::from_secs(3)).lease(LEASE),
+        )
+        .await
+        .expect("the lock was left held by nobody");
+    let took = since.elapsed();
+    guard.release().await.unwrap();
+    took
+}
+
+/// 40 ms of latency each way under contention from two managers: exclusion holds, calls stay
+/// within their bound, no lock is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_under_contention() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    proxy.set_latency(Direction::Up, Duration::from_millis(40));
+    proxy.set_latency(Direction::Down, Duration::from_millis(40));
+    let managers = [through(&proxy).await, through(&proxy).await];
+    let wait = Duration::from_secs(2);
+    let options = LockOptions::new().wait(wait).lease(Duration::from_secs(2));
+    let report = load(
+        &managers,
+        "latency",
+        3,
+        6,
+        Duration::from_millis(2000),
+        options,
+        Duration::from_millis(2),
+    )
+    .await;
+    eprintln!("latency 40 ms each way: {report:?}");
+    assert_eq!(report.overlaps, 0);
+    assert!(report.completed > 10, "{report:?}");
+    assert!(
+        report.worst_call <= wait + COMMAND_TIMEOUT + EPSILON,
+        "{report:?}"
+    );
+    let direct = server.manager().await;
+    eventually(Duration::from_secs(1), "no lock left held", || {
+        all_free(&direct, "latency", 3)
+    })
+    .await;
+}
+
+/// One direction stalled while a call acquires (lease 10 s, wait 0 and 500 ms): the call fails
+/// within wait + one command timeout; once the stall ends, the request or reply that arrives
+/// after the caller gave up must not leave the lock held — another instance takes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_direction_never_strands_the_lock() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let (locks, direct) = (through(&proxy).await, server.manager().await);
+    let mut worst_overrun = Duration::ZERO;
+    let mut worst_takeover = Duration::ZERO;
+    for (round, direction) in [
+        Direction::Down,
+        Direction::Up,
+        Direction::Down,
+        Direction::Up,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for wait in [Duration::ZERO, Duration::from_millis(500)] {
+            let key = LockKey::new("stall").part(format!("{round}-{}", wait.as_millis()));
+            proxy.stall(direction, true);
+            let start = Instant::now();
+            let result = timeout(
+                Duration::from_secs(5),
+                locks.lock(&key, LockOptions::new().wait(wait).lease(LEASE)),
+            )
+            .await
+            .expect("the call hung");
+            let took = start.elapsed();
+            worst_overrun = worst_overrun.max(took.saturating_sub(wait));
+            assert!(result.is_err(), "{direction:?} stalled, yet {result:?}");
+            assert!(
+                took <= wait + COMMAND_TIMEOUT + EPSILON,
+                "{direction:?} stalled: failed after {took:?} (wait {wait:?})"
+            );
+            proxy.stall(direction, false);
+            let released = Instant::now();
+            let takeover = taken_after(&direct, &key, released).await;
+            worst_takeover = worst_takeover.max(takeover);
+            assert!(
+                takeover < Duration::from_secs(1),
+                "{direction:?} stalled: the lock was held by nobody for {takeover:?}"
+            );
+        }
+    }
+    eprintln!(
+        "stalls: worst overrun past wait {worst_overrun:?}, worst takeover {worst_takeover:?}"
+    );
+}
+
+/// Replies held, then every connection cut mid-command (the acquire reached Redis, its reply is
+/// lost): the call ends within wait + one command timeout, holding the lock or having freed it —
+/// never leaving it held by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_mid_command_never_strand_the_lock() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let (locks, direct) = (through(&proxy).await, server.manager().await);
+    for round in 0..4 {
+        let key = LockKey::new("cut").part(round);
+        let wait = Duration::from_millis(if round % 2 == 0 { 0 } else { 500 });
+        proxy.stall(Direction::Down, true);
+        let start = Instant::now();
+        let call = tokio::spawn({
+            let (locks, key) = (locks.clone(), key.clone());
+            async move {
+                locks
+                    .lock(&key, LockOptions::new().wait(wait).lease(LEASE))
+                    .await
+            }
+        });
+        sleep(Duration::from_millis(100)).await;
+        proxy.cut_all();
+        proxy.stall(Direction::Down, false);
+        let result = timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call hung")
+            .unwrap();
+        let took = start.elapsed();
+        eprintln!(
+            "cut round {round}: {:?} after {took:?}",
+            result.as_ref().map(|g| g.fencing_token())
+        );
+        assert!(
+            took <= wait + COMMAND_TIMEOUT + EPSILON,
+            "returned after {took:?} (wait {wait:?})"
+        );
+        match result {
+            Ok(guard) => {
+                let probe = direct
+                    .lock(&key, LockOptions::new().wait(Duration::ZERO))
+                    .await;
+                assert!(probe.is_err(), "two holders: {probe:?}");
+                guard.release().await.unwrap();
+            }
+            Err(_) => {
+                let takeover = taken_after(&direct, &key, Instant::now()).await;
+                assert!(
+                    takeover < Duration::from_secs(1),
+                    "the lock was held by nobody for {takeover:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A release cancelled in flight — the `guard.release()` future, or the whole guarded call, is
+/// dropped while requests are stalled — still completes once Redis answers: another instance
+/// gets the lock well before the lease's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_cancelled_in_flight_still_completes() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let locks = LockManager::builder()
+        .url(&proxy.url())
+        .command_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let direct = server.manager().await;
+    for round in 0..4 {
+        let key = LockKey::new("cancelled-release").part(round);
+        let options = LockOptions::new()
+            .lease(LEASE)
+            .timeout(Duration::from_secs(5));
+        if round % 2 == 0 {
+            let guard = locks.lock(&key, options).await.unwrap();
+            if round == 2 {
+                // The pooled connection is dead: the release must reconnect, then stall.
+                proxy.cut_all();
+            }
+            proxy.stall(Direction::Up, true);
+            let cancelled = timeout(Duration::from_millis(200), guard.release()).await;
+            assert!(
+                cancelled.is_err(),
+                "the release went through a stalled proxy"
+            );
+        } else {
+            let call = locks.run(&key, options, async {
+                if round == 3 {
+                    proxy.cut_all();
+                }
+                proxy.stall(Direction::Up, true);
+                Ok::<_, LockError>(())
+            });
+            let cancelled = timeout(Duration::from_millis(200), call).await;
+            assert!(
+                cancelled.is_err(),
+                "the guarded call's release went through a stalled proxy"
+            );
+        }
+        sleep(Duration::from_millis(100)).await;
+        let answered = Instant::now();
+        proxy.stall(Direction::Up, false);
+        let takeover = taken_after(&direct, &key, answered).await;
+        eprintln!(
+            "cancelled release round {round}: lock free {takeover:?} after Redis could answer"
+        );
+        assert!(
+            takeover < Duration::from_secs(1),
+            "the cancelled release never happened: free only after {takeover:?}"
+        );
+    }
+}
+
+/// A manager built on one runtime, that runtime dropped, then used from another: each call works
+/// or fails with a clear error within a command timeout (plus its wait) — never hangs.
+#[test]
+fn manager_outlives_the_runtime_that_built_it() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let locks = first.block_on(async {
+        LockManager::builder()
+            .url(&url)
+            .command_timeout(COMMAND_TIMEOUT)
+            .build()
+            .await
+            .unwrap()
+    });
+    drop(first);
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let key = LockKey::new("runtime").part("moved");
+        let holder = server.manager().await;
+        for round in 0..3 {
+            let start = Instant::now();
+            let result = timeout(
+                Duration::from_secs(5),
+                locks.lock(&key, LockOptions::new().wait(Duration::ZERO)),
+            )
+            .await
+            .expect("a call on a manager whose runtime is gone hung");
+            let took = start.elapsed();
+            eprintln!(
+                "runtime gone, round {round}: {:?} after {took:?}",
+                result.as_ref().map(|g| g.fencing_token())
+            );
+            assert!(took <= COMMAND_TIMEOUT + EPSILON, "took {took:?}");
+            if let Ok(guard) = result {
+                guard.release().await.unwrap();
+            }
+            // Waiting needs the subscriber and timers: held elsewhere, wait 500 ms.
+            let held = holder
+                .lock(&key, LockOptions::new().lease(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            let wait = Duration::from_millis(500);
+            let start = Instant::now();
+            let result = timeout(
+                Duration::from_secs(5),
+                locks.lock(&key, LockOptions::new().wait(wait)),
+            )
+            .await
+            .expect("waiting on a manager whose runtime is gone hung");
+            let took = start.elapsed();
+            eprintln!(
+                "runtime gone, waiting: {:?} after {took:?}",
+                result.as_ref().err()
+            );
+            assert!(result.is_err());
+            assert!(took <= wait + COMMAND_TIMEOUT + EPSILON, "took {took:?}");
+            held.release().await.unwrap();
+        }
+        // A stalled Redis: only the manager's own command timeout ends the call.
+        server.pause(Duration::from_millis(1500)).await;
+        let start = Instant::now();
+        let result = timeout(
+            Duration::from_secs(5),
+            locks.lock(&key, LockOptions::new().wait(Duration::ZERO)),
+        )
+        .await
+        .expect("a call to a paused Redis on a manager whose runtime is gone hung");
+        let took = start.elapsed();
+        eprintln!(
+            "runtime gone, paused redis: {:?} after {took:?}",
+            result.as_ref().err()
+        );
+        assert!(result.is_err(), "a paused Redis cannot grant a lock");
+        assert!(
+            took <= COMMAND_TIMEOUT + EPSILON,
+            "not bounded by the command timeout: {took:?}"
+        );
+    });
+}

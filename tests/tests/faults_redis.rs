@@ -1,0 +1,361 @@
+//! Faults of the Redis server itself (S7, S9, S14, S15): `CLIENT PAUSE … ALL|WRITE` during an
+//! acquisition, a fixed-lease body and a release; a restart that empties it; `CLIENT KILL` of the
+//! subscriber and of command connections, and `SCRIPT FLUSH`, under load. Stalls during watchdog
+//! renewals are in watchdog.rs, restarts from an older snapshot in fencing.rs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
+
+use lock_guard::{LockError, LockKey, LockManager, LockOptions};
+use lock_guard_tests::faults::{PauseMode, kill_command_clients, pause};
+use lock_guard_tests::{RedisServer, all_free, eventually, load};
+use tokio::time::{Instant, sleep, timeout};
+
+/// Scheduling allowance on a shared 2-core machine.
+const EPSILON: Duration = Duration::from_millis(100);
+
+async fn manager(server: &RedisServer, command_timeout: Duration) -> LockManager {
+    server
+        .builder()
+        .command_timeout(command_timeout)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Records when it is dropped (a body dropped at its deadline drops it).
+struct DropClock(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl Drop for DropClock {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(Instant::now());
+    }
+}
+
+/// `CLIENT PAUSE 700 ALL` while a call with `lease = 300ms` acquires (command timeout 1 s): the
+/// reply comes back after the lease's validity, so the body must not start and the call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_all_during_acquire_never_starts_the_body() {
+    let server = RedisServer::start();
+    let locks = manager(&server, Duration::from_secs(1)).await;
+    let key = LockKey::new("faults").part("pause-acquire");
+    for options in [
+        LockOptions::new().lease(Duration::from_millis(300)),
+        LockOptions::new()
+            .lease(Duration::from_millis(300))
+            .wait(Duration::ZERO),
+    ] {
+        pause(&server, Duration::from_millis(700), PauseMode::All).await;
+        let ran = AtomicBool::new(false);
+        let start = Instant::now();
+        let result = locks
+            .run(&key, options, async {
+                ran.store(true, SeqCst);
+                Ok::<_, LockError>(())
+            })
+            .await;
+        eprintln!(
+            "acquire under CLIENT PAUSE 700 ALL: {result:?} after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            !ran.load(SeqCst),
+            "the body started after its lease's validity: {result:?}"
+        );
+        assert!(result.is_err(), "the call returned {result:?}");
+        sleep(Duration::from_millis(400)).await;
+    }
+}
+
+/// `CLIENT PAUSE 1500 ALL` from inside a fixed-lease body (lease 1 s, deadline 666 ms): the
+/// deadline is local, so the body is dropped on time; the call returns by the deadline + one
+/// command timeout; the lock is free for another instance by the lease's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_all_during_a_fixed_lease_body() {
+    let server = RedisServer::start();
+    let command_timeout = Duration::from_millis(300);
+    let (locks, other) = (
+        manager(&server, command_timeout).await,
+        server.manager().await,
+    );
+    let key = LockKey::new("faults").part("pause-body");
+    let dropped = Arc::new(std::sync::Mutex::new(None));
+    let acquired = std::sync::Mutex::new(None);
+    let lease = Duration::from_secs(1);
+    let result = locks
+        .run(&key, LockOptions::new().lease(lease), async {
+            *acquired.lock().unwrap() = Some(Instant::now());
+            let _clock = DropClock(dropped.clone());
+            pause(&server, Duration::from_millis(1500), PauseMode::All).await;
+            sleep(Duration::from_secs(5)).await;
+            Ok::<_, LockError>(())
+        })
+        .await;
+    let returned = Instant::now();
+    let acquired = acquired.lock().unwrap().unwrap();
+    let dropped = dropped.lock().unwrap().expect("the body was dropped");
+    eprintln!(
+        "paused body: dropped after {:?}, returned after {:?}: {result:?}",
+        dropped - acquired,
+        returned - acquired
+    );
+    assert!(
+        matches!(result, Err(LockError::Deadline { .. })),
+        "{result:?}"
+    );
+    assert!(dropped - acquired <= lease * 2 / 3 + EPSILON);
+    assert!(
+        returned - dropped <= command_timeout + EPSILON,
+        "the release was not bounded"
+    );
+    let free = other
+        .lock(&key, LockOptions::new().wait(Duration::from_secs(3)))
+        .await
+        .expect("free after the pause");
+    let took = acquired.elapsed();
+    eprintln!("paused body: another instance took the lock {took:?} after the acquisition");
+    // Redis expires no key while paused: the lease ends at the pause's end at the earliest; one
+    // retry of the waiter after that.
+    assert!(
+        took <= Duration::from_millis(1500) + Duration::from_millis(300),
+        "free only after {took:?}"
+    );
+    free.release().await.unwrap();
+}
+
+/// `CLIENT PAUSE 1000 ALL` as the body ends (lease 10 s, command timeout 300 ms): the call returns
+/// the body's value within a command timeout; the release Redis gets once the pause ends still
+/// frees the lock — another instance, waiting, gets it soon after the pause, not at the lease end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_all_during_release() {
+    let server = RedisServer::start();
+    let command_timeout = Duration::from_millis(300);
+    let (locks, other) = (
+        manager(&server, command_timeout).await,
+        server.manager().await,
+    );
+    let key = LockKey::new("faults").part("pause-release");
+    let options = LockOptions::new().lease(Duration::from_secs(10));
+    let mut paused_at = None;
+    let body_end = std::sync::Mutex::new(None);
+    let result = locks
+        .run(&key, options, async {
+            pause(&server, Duration::from_millis(1000), PauseMode::All).await;
+            paused_at = Some(Instant::now());
+            *body_end.lock().unwrap() = Some(Instant::now());
+            Ok::<_, LockError>(7)
+        })
+        .await;
+    let returned = Instant::now();
+    let body_end = body_end.lock().unwrap().unwrap();
+    assert_eq!(result.unwrap(), 7);
+    assert!(
+        returned - body_end <= command_timeout + EPSILON,
+        "returned {:?} after the body",
+        returned - body_end
+    );
+    let waiter = other
+        .lock(&key, LockOptions::new().wait(Duration::from_secs(5)))
+        .await
+        .expect("the lock is freed by the release Redis got");
+    let took = paused_at.unwrap().elapsed();
+    eprintln!("release under pause: another instance took the lock {took:?} after the pause began");
+    assert!(
+        took < Duration::from_millis(1000) + Duration::from_millis(500),
+        "only after {took:?}"
+    );
+    waiter.release().await.unwrap();
+}
+
+/// Redis killed and restarted empty while a lock is held: the lease cannot survive a restart
+/// without persistence — another instance takes the lock at once, with a larger token — and the
+/// old holder's release reports the lock was no longer its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_empty_frees_the_lock_but_tokens_still_rise() {
+    let mut server = RedisServer::start();
+    let (locks, other) = (server.manager().await, server.manager().await);
+    let key = LockKey::new("faults").part("restart-empty");
+    let held = locks
+        .lock(&key, LockOptions::new().lease(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    server.restart();
+    let taken = other
+        .lock(&key, LockOptions::new().wait(Duration::ZERO))
+        .await
+        .expect("the restart lost the lock");
+    assert!(taken.fencing_token() > held.fencing_token());
+    assert!(
+        !held.release().await.unwrap(),
+        "the old holder's release must not free the new lock"
+    );
+    assert!(taken.release().await.unwrap());
+}
+
+/// Runs contention on 4 keys from two managers (command timeout 500 ms, wait 3 s) for 2.5 s while
+/// `fault` runs every 150 ms; then checks: no two bodies of a key ever overlapped, every call
+/// started its body or failed within wait + one command timeout + ε, no lock was left held, and
+/// (once idle) no channel stays subscribed.
+async fn under_load<F, Fut>(name: &str, fault: F)
+where
+    F: Fn(Arc<RedisServer>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let server = Arc::new(RedisServer::start());
+    let command_timeout = Duration::from_millis(500);
+    let managers = [
+        manager(&server, command_timeout).await,
+        manager(&server, command_timeout).await,
+    ];
+    let wait = Duration::from_secs(3);
+    let options = LockOptions::new().wait(wait).lease(Duration::from_secs(2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let nemesis = tokio::spawn({
+        let (server, stop) = (server.clone(), stop.clone());
+        async move {
+            let mut n = 0u32;
+            while !stop.load(SeqCst) && n < 100 {
+                sleep(Duration::from_millis(150)).await;
+                fault(server.clone()).await;
+                n += 1;
+            }
+            n
+        }
+    });
+    let report = load(
+        &managers,
+        name,
+        4,
+        8,
+        Duration::from_millis(2500),
+        options,
+        Duration::from_millis(3),
+    )
+    .await;
+    stop.store(true, SeqCst);
+    let faults = nemesis.await.unwrap();
+    eprintln!(
+        "{name}: {faults} faults, {} bodies, {} errors, worst call {:?}, overlaps {}; errors: {:?}",
+        report.completed,
+        report.errors.len(),
+        report.worst_call,
+        report.overlaps,
+        report.errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(report.overlaps, 0, "two bodies of one key ran at once");
+    assert!(report.completed > 50, "too little progress: {report:?}");
+    assert!(
+        report.worst_call <= wait + command_timeout + EPSILON,
+        "a call took {:?} (wait {wait:?} + command timeout {command_timeout:?})",
+        report.worst_call
+    );
+    let fresh = server.manager().await;
+    eventually(
+        Duration::from_secs(1),
+        "no lock left held by nobody",
+        || all_free(&fresh, name, 4),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(3),
+        "no channel left subscribed",
+        || async { server.pubsub_channels().await.is_empty() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_the_subscriber_under_load() {
+    under_load("kill-pubsub", |server| async move {
+        server.kill_pubsub_clients().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_command_connections_under_load() {
+    under_load("kill-normal", |server| async move {
+        kill_command_clients(&server).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_under_load() {
+    under_load("script-flush", |server| async move {
+        server.script_flush().await;
+    })
+    .await;
+}
+
+/// Waiters come and go — some give up (wait runs out), some are cancelled, some get the lock —
+/// across a subscriber reconnect (`CLIENT KILL TYPE pubsub`): once idle, `PUBSUB CHANNELS` is
+/// empty within a bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subscription_outlives_its_waiters() {
+    let server = RedisServer::start();
+    let (locks, holder) = (server.manager().await, server.manager().await);
+    for round in 0..3 {
+        let keys: Vec<LockKey> = (0..4)
+            .map(|i| LockKey::new("subs").part(format!("{round}-{i}")))
+            .collect();
+        let mut guards = Vec::new();
+        for key in &keys {
+            guards.push(
+                holder
+                    .lock(key, LockOptions::new().lease(Duration::from_secs(5)))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut waiters = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (locks, key) = (locks.clone(), key.clone());
+            let wait = Duration::from_millis(if i % 2 == 0 { 400 } else { 3000 });
+            waiters.spawn(async move {
+                locks
+                    .lock(&key, LockOptions::new().wait(wait))
+                    .await
+                    .map(drop)
+            });
+        }
+        eventually(
+            Duration::from_secs(3),
+            "every waiter subscribed",
+            || async { server.pubsub_channels().await.len() == keys.len() },
+        )
+        .await;
+        if round != 1 {
+            server.kill_pubsub_clients().await;
+        }
+        // One waiter cancelled outright, one key released (its waiter gets the lock).
+        let cancelled = {
+            let (locks, key) = (locks.clone(), keys[3].clone());
+            tokio::spawn(async move { locks.lock(&key, LockOptions::new()).await.map(drop) })
+        };
+        sleep(Duration::from_millis(100)).await;
+        cancelled.abort();
+        guards.remove(1).release().await.unwrap();
+        let results = timeout(Duration::from_secs(5), async {
+            let mut v = Vec::new();
+            while let Some(r) = waiters.join_next().await {
+                v.push(r.unwrap());
+            }
+            v
+        })
+        .await
+        .expect("every waiter ended within its wait");
+        eprintln!("round {round}: waiters ended {results:?}");
+        for guard in guards {
+            guard.release().await.unwrap();
+        }
+        let took = eventually(
+            Duration::from_secs(3),
+            "no channel left subscribed once idle",
+            || async { server.pubsub_channels().await.is_empty() },
+        )
+        .await;
+        eprintln!("round {round}: channels empty {took:?} after the last waiter");
+    }
+}
