@@ -7,10 +7,9 @@
 //! error it emits the original function unchanged next to the `compile_error!`, so the rest of the
 //! crate still type-checks.
 
-mod attr;
-mod expand;
-mod item;
-mod validate;
+#[cfg(test)]
+mod tests;
+mod translate;
 
 use proc_macro::TokenStream;
 
@@ -157,5 +156,5 @@ use proc_macro::TokenStream;
 /// Injected names cannot clash with the function's own.
 #[proc_macro_attribute]
 pub fn concurrency_guard(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::concurrency_guard(args.into(), item.into()).into()
+    translate::concurrency_guard(args.into(), item.into()).into()
 }
