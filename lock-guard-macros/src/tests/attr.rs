@@ -165,3 +165,27 @@ fn syntax_errors() {
     let e = err(quote!(name = "a" wait = 1s));
     assert!(e.contains("expected `,`"), "{e}");
 }
+
+#[test]
+fn crate_path() {
+    use quote::ToTokens as _;
+    for tokens in [
+        quote!(crate = "my::locks"),
+        quote!(crate = my::locks),
+        quote!(name = "a", crate = my::locks, wait = 1s),
+    ] {
+        let args = parse(tokens).unwrap();
+        let path = args.krate.unwrap().to_token_stream().to_string();
+        assert_eq!(path, "my :: locks");
+    }
+    let args = parse(quote!(crate = crate::locks)).unwrap();
+    assert!(args.krate.is_some());
+    let e = err(quote!(crate = 5));
+    assert!(e.contains("`crate` takes the path"), "{e}");
+    let e = err(quote!(crate = "my locks"));
+    assert!(e.contains("`my locks` is not a path"), "{e}");
+    let e = err(quote!(crate = a, crate = b));
+    assert!(e.contains("`crate` is given twice"), "{e}");
+    let e = err(quote!(crate_name = "a"));
+    assert!(e.contains("did you mean `crate`?"), "{e}");
+}

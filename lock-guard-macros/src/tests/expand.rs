@@ -18,11 +18,14 @@ fn readme_example() {
     );
     let expected = quote! {
         async fn add_keyword(user: UserId, word: String, db: &Db) -> Result<Keyword, AppError> {
-            let __lock_guard_key = ::lock_guard::__private::part(::lock_guard::__private::key("keyword"), &user);
+            let mut __lock_guard_key = ::lock_guard::__private::key("keyword");
+            ::lock_guard::__private::part(&user).push_to(&mut __lock_guard_key);
             ::lock_guard::__private::run(
                 ::lock_guard::__private::default_locks(),
                 __lock_guard_key,
-                ::lock_guard::__private::options(5000).lease_ms(3000),
+                ::lock_guard::LockOptions::new()
+                    .wait(::core::time::Duration::from_millis(5000))
+                    .lease(::core::time::Duration::from_millis(3000)),
                 async move {
                     if false {
                         let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();
@@ -37,32 +40,66 @@ fn readme_example() {
     assert_eq!(out, expected.to_string());
 }
 
-#[test]
-fn durations_as_expressions_use_the_builder() {
+/// The options of the expansion of `#[concurrency_guard(<args>)] async fn f(a: u8) …`.
+fn options_of(args: TokenStream) -> String {
     let out = expand(
-        quote!(
-            name = "n",
-            wait = WAIT,
-            lease = Duration::from_secs(9),
-            timeout = 1s
-        ),
+        args,
         quote!(
             async fn f(a: u8) -> Result<(), E> {
                 Ok(())
             }
         ),
     );
-    assert!(
-        out.contains(
-            &quote!(
-                ::lock_guard::__private::options(5000)
-                    .timeout_ms(1000)
-                    .wait(WAIT)
-                    .lease(Duration::from_secs(9))
-            )
+    let start = out.find(":: lock_guard :: LockOptions").expect("options");
+    let end = out.find(", async move").expect("body");
+    out[start..end].trim_end().to_string()
+}
+
+#[test]
+fn only_the_options_written_are_emitted() {
+    assert_eq!(
+        options_of(quote!(name = "n")),
+        quote!(::lock_guard::LockOptions::new()).to_string()
+    );
+    assert_eq!(
+        options_of(quote!(name = "n", timeout = 1.5s)),
+        quote!(::lock_guard::LockOptions::new().timeout(::core::time::Duration::from_millis(1500)))
             .to_string()
-        ),
-        "{out}"
+    );
+    // always wait, lease, timeout, whatever order they were written in
+    assert_eq!(
+        options_of(quote!(
+            name = "n",
+            lease = watchdog,
+            timeout = 2min,
+            wait = 0s
+        )),
+        quote!(
+            ::lock_guard::LockOptions::new()
+                .wait(::core::time::Duration::from_millis(0))
+                .watchdog()
+                .timeout(::core::time::Duration::from_millis(120000))
+        )
+        .to_string()
+    );
+}
+
+#[test]
+fn durations_as_expressions_are_passed_as_they_are() {
+    assert_eq!(
+        options_of(quote!(
+            name = "n",
+            timeout = 1s,
+            wait = WAIT,
+            lease = Duration::from_secs(9)
+        )),
+        quote!(
+            ::lock_guard::LockOptions::new()
+                .wait(WAIT)
+                .lease(Duration::from_secs(9))
+                .timeout(::core::time::Duration::from_millis(1000))
+        )
+        .to_string()
     );
 }
 
@@ -83,13 +120,45 @@ fn watchdog_locks_and_tuple_key() {
     );
     for expected in [
         quote!(let __lock_guard_locks = ::lock_guard::__private::locks(&self.locks);),
-        quote!(::lock_guard::__private::part(
-            ::lock_guard::__private::part(::lock_guard::__private::key("t"), &self.id),
-            &(other + 1)
-        )),
-        quote!(::lock_guard::__private::options(5000).watchdog()),
+        quote!(
+            let mut __lock_guard_key = ::lock_guard::__private::key("t");
+            ::lock_guard::__private::part(&self.id).push_to(&mut __lock_guard_key);
+            ::lock_guard::__private::part(&(other + 1)).push_to(&mut __lock_guard_key);
+        ),
+        quote!(::lock_guard::LockOptions::new().watchdog()),
     ] {
         assert!(out.contains(&expected.to_string()), "{expected} in {out}");
+    }
+}
+
+#[test]
+fn every_path_goes_through_crate() {
+    for (krate, path) in [
+        (quote!(crate = locks), quote!(locks)),
+        (quote!(crate = "::my::locks"), quote!(::my::locks)),
+        (quote!(crate = crate::reexport), quote!(crate::reexport)),
+    ] {
+        let out = expand(
+            quote!(name = "n", #krate, key = (a, 1), locks = a.locks, timeout = 1s),
+            quote!(
+                async fn f(a: u8) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(!out.contains("lock_guard ::"), "{out}");
+        for expected in [
+            quote!(#path::__private::locks(&a.locks)),
+            quote!(#path::__private::key("n")),
+            quote!(#path::__private::part(&1)),
+            quote!(#path::LockOptions::new()),
+            quote!(#path::__private::fake_return()),
+            quote!(#path::__private::run(__lock_guard_locks)),
+        ] {
+            let expected = expected.to_string();
+            let expected = expected.trim_end_matches(')');
+            assert!(out.contains(expected), "{expected} in {out}");
+        }
     }
 }
 

@@ -22,9 +22,15 @@ fn splits_inner_attributes() {
     })
     .unwrap();
     let body = f.body.unwrap();
+    let inner = &body.inner_attrs;
     assert_eq!(
-        body.inner_attrs.to_string(),
+        quote!(#(#inner)*).to_string(),
         quote!(#![allow(unused)] #![deny(x)]).to_string()
+    );
+    assert!(
+        inner
+            .iter()
+            .all(|a| matches!(a.style, syn::AttrStyle::Inner(_)))
     );
     assert_eq!(body.block.stream().to_string(), quote!(Ok(())).to_string());
 }
@@ -45,4 +51,29 @@ fn round_trips() {
     };
     let f: GuardedFn = syn::parse2(input.clone()).unwrap();
     assert_eq!(f.to_token_stream().to_string(), input.to_string());
+}
+
+#[test]
+fn inner_doc_comments_are_inner_attributes() {
+    let f: GuardedFn = syn::parse2(quote! {
+        async fn f() -> Result<(), E> { #![doc = "inner"] let x = ; }
+    })
+    .unwrap();
+    let body = f.body.unwrap();
+    assert!(body.inner_attrs[0].path().is_ident("doc"));
+    assert_eq!(
+        body.block.stream().to_string(),
+        quote!(let x = ;).to_string()
+    );
+}
+
+#[test]
+fn a_missing_body_is_an_error() {
+    let e = syn::parse2::<GuardedFn>(quote!(async fn f() -> Result<(), E> = 1))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("expected the function's body"),
+        "{e}"
+    );
 }

@@ -1,4 +1,4 @@
-//! The attribute's arguments: `name`, `wait`, `lease`, `timeout`, `key`, `locks` (S2).
+//! The attribute's arguments: `name`, `wait`, `lease`, `timeout`, `key`, `locks`, `crate`.
 //!
 //! A hand-written parser: each argument is `ident = value`, separated by commas. Syntax errors stop
 //! the parse; errors about a value (a repeat, a wrong unit) are collected so that every one is
@@ -8,7 +8,7 @@ use proc_macro2::Span;
 use syn::ext::IdentExt as _;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
-use syn::{Expr, ExprLit, ExprPath, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
+use syn::{Expr, ExprLit, ExprPath, ExprUnary, Ident, Lit, LitStr, Path, Token, UnOp};
 
 mod kw {
     syn::custom_keyword!(name);
@@ -22,7 +22,7 @@ mod kw {
 
 /// What the attribute accepts, for error messages.
 pub(crate) const ACCEPTED: &str = "`name = \"…\"`, `wait = 5s`, `lease = 3s` (or `lease = watchdog`), \
-     `timeout = 2s`, `key = <expr>`, `locks = <expr>`";
+     `timeout = 2s`, `key = <expr>`, `locks = <expr>`, `crate = \"path\"`";
 
 /// What a duration literal may be written as, for error messages.
 const UNITS: &str = "a number with a unit: `250ms`, `5s`, `1.5s`, `2m` or `2min`";
@@ -36,6 +36,8 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<Duration>,
     pub(crate) key: Option<Expr>,
     pub(crate) locks: Option<Expr>,
+    /// The path of the runtime crate, for a renamed dependency or a re-export.
+    pub(crate) krate: Option<Path>,
     /// Errors about values, collected while the parse goes on.
     pub(crate) errors: Option<syn::Error>,
 }
@@ -153,6 +155,13 @@ impl Parse for Args {
                 equals(input, "locks", "locks = self.locks")?;
                 let locks: Expr = input.parse()?;
                 args.set(|a| &mut a.locks, locks, at, "locks");
+            } else if lookahead.peek(Token![crate]) {
+                let at = input.parse::<Token![crate]>()?.span;
+                equals(input, "crate", "crate = \"my_locks\"")?;
+                match parse_crate(input)? {
+                    Ok(path) => args.set(|a| &mut a.krate, path, at, "crate"),
+                    Err(e) => args.error(e),
+                }
             } else if input.peek(LitStr) {
                 let name: LitStr = input.parse()?;
                 return Err(syn::Error::new(
@@ -200,6 +209,7 @@ fn hint(unknown: &str) -> &'static str {
         "manager" | "lock_manager" | "locker" | "lock" => " (did you mean `locks`?)",
         "keys" | "by" | "on" => " (did you mean `key`?)",
         "namespace" | "prefix" => " (did you mean `name`?)",
+        "crate_name" | "krate" | "lock_guard" => " (did you mean `crate`?)",
         _ => "",
     }
 }
@@ -212,6 +222,28 @@ fn equals(input: ParseStream<'_>, arg: &str, example: &str) -> syn::Result<()> {
     } else {
         Err(input.error(format!("expected `=` after `{arg}`: `{example}`")))
     }
+}
+
+/// Parses the `crate` value: a path, as a string (`"my::locks"`, as tokio's attributes take it)
+/// or as it is (`my::locks`). The outer `Result` is a syntax error, the inner one a bad value.
+fn parse_crate(input: ParseStream<'_>) -> syn::Result<syn::Result<Path>> {
+    const EXPECTED: &str = "`crate` takes the path under which the lock-guard crate is reachable, \
+         e.g. `crate = \"my_locks\"` for a dependency renamed to `my_locks`, or `crate = \"crate::locks\"` for a re-export";
+    if input.peek(LitStr) {
+        let text: LitStr = input.parse()?;
+        return Ok(text.parse_with(Path::parse_mod_style).map_err(|_| {
+            syn::Error::new(
+                text.span(),
+                format!("`{}` is not a path; {EXPECTED}", text.value()),
+            )
+        }));
+    }
+    let fork = input.fork();
+    if fork.call(Path::parse_mod_style).is_ok() && (fork.is_empty() || fork.peek(Token![,])) {
+        return Ok(Ok(input.call(Path::parse_mod_style)?));
+    }
+    let value: Expr = input.parse()?;
+    Ok(Err(syn::Error::new(value.span(), EXPECTED)))
 }
 
 /// True when the next token is the last of the arguments.

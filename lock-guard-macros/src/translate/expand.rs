@@ -16,6 +16,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     let GuardedFn {
         attrs, vis, sig, ..
     } = func;
+    let krate = &plan.krate;
     let key_var = Ident::new("__lock_guard_key", Span::mixed_site());
 
     // `locks = <expr>` is evaluated before the body moves `self` (or anything else) away.
@@ -23,7 +24,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
         Some(expr) => {
             let locks_var = Ident::new("__lock_guard_locks", Span::mixed_site());
             let expr = borrowable(expr);
-            let take = quote_spanned!(expr.span()=> ::lock_guard::__private::locks(&#expr));
+            let take = quote_spanned!(expr.span()=> #krate::__private::locks(&#expr));
             (
                 quote!(let #locks_var = #take;),
                 locks_var.into_token_stream(),
@@ -31,16 +32,17 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
         }
         None => (
             TokenStream::new(),
-            quote!(::lock_guard::__private::default_locks()),
+            quote!(#krate::__private::default_locks()),
         ),
     };
 
+    // One statement per key value, spanned on it so that a value that cannot be a key is reported
+    // there. `part` takes a tuple apart, one part per element (see `__private::Part`).
     let name = plan.name;
-    let mut key = quote!(::lock_guard::__private::key(#name));
-    for part in &plan.parts {
+    let parts = plan.parts.iter().map(|part| {
         let expr = &part.expr;
-        key = quote_spanned!(part.span=> ::lock_guard::__private::part(#key, &#expr));
-    }
+        quote_spanned!(part.span=> #krate::__private::part(&#expr).push_to(&mut #key_var);)
+    });
 
     let options = options(plan);
 
@@ -53,7 +55,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     let fake = Ident::new("__lock_guard_return", ret_span);
     let fake_return_edge = quote_spanned! {ret_span=>
         if false {
-            let #fake: #ret = ::lock_guard::__private::fake_return();
+            let #fake: #ret = #krate::__private::fake_return();
             return #fake;
         }
     };
@@ -62,7 +64,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     // `fake_return` above and `run` both need `E: From<LockError>`: with both calls spanned on the
     // return type, rustc reports only the first (with its on_unimplemented message) there.
     let run = quote_spanned! {ret_span=>
-        ::lock_guard::__private::run(#locks, #key_var, #options, async move {
+        #krate::__private::run(#locks, #key_var, #options, async move {
             #fake_return_edge
             #block
         })
@@ -72,57 +74,50 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis #sig {
-            #inner_attrs
+            #(#inner_attrs)*
             #take_locks
-            let #key_var = #key;
+            let mut #key_var = #krate::__private::key(#name);
+            #(#parts)*
             #run
         }
     }
 }
 
-/// `::lock_guard::__private::options(wait_ms).lease_ms(ms)` (or `.watchdog()`), then
-/// `.timeout_ms(ms)` when a timeout is given, from the literals; arguments given as `Duration`
-/// expressions become the public builder methods (`.wait(expr)`, …).
+/// `<crate>::LockOptions::new()`, then one builder call per duration argument the user wrote, in
+/// the order wait, lease, timeout: a literal becomes `Duration::from_millis(…)`, an expression is
+/// passed as it is. Arguments left out are left to the runtime's defaults.
 fn options(plan: &Plan<'_>) -> TokenStream {
-    fn millis(d: Option<&Duration>) -> Option<u64> {
-        match d {
-            Some(Duration::Literal { millis, .. }) => Some(*millis),
-            Some(Duration::Expr(_)) | None => None,
-        }
+    let krate = &plan.krate;
+    let mut options = quote!(#krate::LockOptions::new());
+    if let Some(wait) = plan.wait {
+        options = set(options, "wait", wait);
     }
-    let wait = Literal::u64_unsuffixed(millis(plan.wait).unwrap_or(5_000));
-    let mut options = quote!(::lock_guard::__private::options(#wait));
     match plan.lease {
         Some(Lease::Watchdog) => options = quote!(#options.watchdog()),
-        Some(Lease::Duration(Duration::Expr(_))) => {}
-        Some(Lease::Duration(d)) => {
-            let ms = Literal::u64_unsuffixed(millis(Some(d)).unwrap_or(3_000));
-            options = quote!(#options.lease_ms(#ms));
-        }
-        None => options = quote!(#options.lease_ms(3000)),
+        Some(Lease::Duration(lease)) => options = set(options, "lease", lease),
+        None => {}
     }
-    if let Some(ms) = millis(plan.timeout) {
-        let ms = Literal::u64_unsuffixed(ms);
-        options = quote!(#options.timeout_ms(#ms));
-    }
-    let expressions = [
-        ("wait", plan.wait),
-        (
-            "lease",
-            match plan.lease {
-                Some(Lease::Duration(d)) => Some(d),
-                _ => None,
-            },
-        ),
-        ("timeout", plan.timeout),
-    ];
-    for (method, duration) in expressions {
-        if let Some(Duration::Expr(expr)) = duration {
-            let method = Ident::new(method, expr.span());
-            options = quote_spanned!(expr.span()=> #options.#method(#expr));
-        }
+    if let Some(timeout) = plan.timeout {
+        options = set(options, "timeout", timeout);
     }
     options
+}
+
+/// `options.method(duration)`. A literal such as `5s` is not valid Rust: it becomes
+/// `Duration::from_millis(5000)`. An expression is spanned on itself, so that rustc reports one
+/// that is not a `Duration` there.
+fn set(options: TokenStream, method: &str, duration: &Duration) -> TokenStream {
+    match duration {
+        Duration::Literal { millis, span, .. } => {
+            let method = Ident::new(method, *span);
+            let millis = Literal::u64_unsuffixed(*millis);
+            quote!(#options.#method(::core::time::Duration::from_millis(#millis)))
+        }
+        Duration::Expr(expr) => {
+            let method = Ident::new(method, expr.span());
+            quote_spanned!(expr.span()=> #options.#method(#expr))
+        }
+    }
 }
 
 /// Replaces every `impl Trait` in a type with `_`, so it can annotate a `let`.

@@ -1,12 +1,13 @@
-//! The annotated function: attributes, visibility and signature parsed, the body kept as tokens.
+//! The annotated function: attributes, visibility, signature and the body's inner attributes parsed
+//! with syn; the rest of the body kept as tokens.
 //!
-//! The body is not parsed: a half-typed body still expands, and rustc reports the user's real
-//! error in it rather than a parse error from this macro.
+//! The statements are not parsed: a half-typed body still expands, and rustc reports the user's
+//! real error in it rather than a parse error from this macro.
 
-use proc_macro2::{Delimiter, Group, TokenStream, TokenTree};
-use quote::ToTokens;
+use proc_macro2::{Delimiter, Group, TokenStream};
+use quote::{ToTokens, TokenStreamExt as _};
 use syn::parse::{Parse, ParseStream};
-use syn::{Attribute, Signature, Token, Visibility};
+use syn::{Attribute, Signature, Token, Visibility, braced, token};
 
 /// A function item, or a trait method declaration (`body` is `None` and `semi` holds the `;`).
 pub(crate) struct GuardedFn {
@@ -17,10 +18,10 @@ pub(crate) struct GuardedFn {
     pub(crate) semi: Option<Token![;]>,
 }
 
-/// The function's block, as tokens.
+/// The function's block.
 pub(crate) struct Body {
     /// Inner attributes (`#![allow(…)]`) at the top of the block; they stay on the function.
-    pub(crate) inner_attrs: TokenStream,
+    pub(crate) inner_attrs: Vec<Attribute>,
     /// The block itself, braces included, without the inner attributes.
     pub(crate) block: Group,
 }
@@ -32,18 +33,15 @@ impl Parse for GuardedFn {
         let sig: Signature = input.parse()?;
         let (body, semi) = if input.peek(Token![;]) {
             (None, Some(input.parse()?))
+        } else if input.peek(token::Brace) {
+            let content;
+            let brace = braced!(content in input);
+            let inner_attrs = content.call(Attribute::parse_inner)?;
+            let mut block = Group::new(Delimiter::Brace, content.parse::<TokenStream>()?);
+            block.set_span(brace.span.join());
+            (Some(Body { inner_attrs, block }), None)
         } else {
-            match input.parse::<TokenTree>()? {
-                TokenTree::Group(group) if group.delimiter() == Delimiter::Brace => {
-                    (Some(Body::split(group)), None)
-                }
-                other => {
-                    return Err(syn::Error::new(
-                        other.span(),
-                        "expected the function's body `{ … }`",
-                    ));
-                }
-            }
+            return Err(input.error("expected the function's body `{ … }`"));
         };
         if !input.is_empty() {
             return Err(input.error("unexpected tokens after the function"));
@@ -58,44 +56,15 @@ impl Parse for GuardedFn {
     }
 }
 
-impl Body {
-    /// Moves the leading `#![…]` attributes out of the block.
-    fn split(group: Group) -> Body {
-        let tokens: Vec<TokenTree> = group.stream().into_iter().collect();
-        let mut at = 0;
-        while let [
-            TokenTree::Punct(hash),
-            TokenTree::Punct(bang),
-            TokenTree::Group(attr),
-            ..,
-        ] = &tokens[at..]
-        {
-            if hash.as_char() == '#'
-                && bang.as_char() == '!'
-                && attr.delimiter() == Delimiter::Bracket
-            {
-                at += 3;
-            } else {
-                break;
-            }
-        }
-        let inner_attrs = tokens[..at].iter().cloned().collect();
-        let mut block = Group::new(Delimiter::Brace, tokens[at..].iter().cloned().collect());
-        block.set_span(group.span());
-        Body { inner_attrs, block }
-    }
-}
-
 impl ToTokens for GuardedFn {
     /// Re-emits the function exactly as written.
     fn to_tokens(&self, tokens: &mut TokenStream) {
-        for attr in &self.attrs {
-            attr.to_tokens(tokens);
-        }
+        tokens.append_all(&self.attrs);
         self.vis.to_tokens(tokens);
         self.sig.to_tokens(tokens);
         if let Some(body) = &self.body {
-            let mut stream = body.inner_attrs.clone();
+            let mut stream = TokenStream::new();
+            stream.append_all(&body.inner_attrs);
             stream.extend(body.block.stream());
             let mut group = Group::new(Delimiter::Brace, stream);
             group.set_span(body.block.span());

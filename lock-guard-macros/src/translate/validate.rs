@@ -1,4 +1,4 @@
-//! Checks the arguments against the function (S1–S3, S5) and resolves what the expansion needs:
+//! Checks the arguments against the function and resolves what the expansion needs:
 //! the key's parts, the options, the return type. Every error points at the offending token and
 //! says what to write instead; all errors found are reported together.
 
@@ -12,13 +12,15 @@ use super::item::{Body, GuardedFn};
 
 /// What the expansion is built from.
 pub(crate) struct Plan<'a> {
+    /// The runtime crate's path: `crate = …`, or `::lock_guard`.
+    pub(crate) krate: TokenStream,
     pub(crate) name: &'a LitStr,
     /// The key's parts, in order: each an expression to take by reference, and where to report a
     /// part that is not `Display`.
     pub(crate) parts: Vec<Part>,
     pub(crate) locks: Option<&'a Expr>,
     pub(crate) wait: Option<&'a Duration>,
-    /// `None`: the default lease.
+    /// `None`: the runtime's default lease.
     pub(crate) lease: Option<&'a Lease>,
     pub(crate) timeout: Option<&'a Duration>,
     pub(crate) ret: &'a Type,
@@ -54,7 +56,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
     }
     let sig = &func.sig;
 
-    // S1: placement
+    // placement
     if let Some(constness) = &sig.constness {
         errors.at(
             constness.span,
@@ -103,7 +105,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         }
     };
 
-    // S2: the name
+    // the name
     if args.name.is_none() {
         errors.at(
             Span::call_site(),
@@ -111,7 +113,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         );
     }
 
-    // S2: a literal timeout must be shorter than a literal (or the default) lease
+    // a literal timeout must be shorter than a literal (or the default) lease
     if let Some(Duration::Literal {
         millis: timeout,
         text: timeout_text,
@@ -134,8 +136,9 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
             None if *timeout >= DEFAULT_LEASE_MS => errors.at(
                 *span,
                 format!(
-                    "`timeout = {timeout_text}` must be shorter than the lease, and the default lease is 3s: the body has to finish while the lock is still held. \
+                    "`timeout = {timeout_text}` must be shorter than the lease, and the default lease is {}: the body has to finish while the lock is still held. \
                      Give a longer lease, e.g. `lease = {}`, or use `lease = watchdog`",
+                    format_millis(DEFAULT_LEASE_MS),
                     longer(*timeout)
                 ),
             ),
@@ -143,7 +146,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         }
     }
 
-    // S3: the key
+    // the key: the first argument that is not `self`, or `key = …`
     let parts = match &args.key {
         Some(Expr::Tuple(tuple)) if tuple.elems.is_empty() => {
             errors.at(
@@ -193,6 +196,10 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
 
     match (errors.0, ret, &func.body, &args.name) {
         (None, Some(ret), Some(body), Some(name)) => Ok(Plan {
+            krate: args
+                .krate
+                .as_ref()
+                .map_or_else(|| quote!(::lock_guard), ToTokens::to_token_stream),
             name,
             parts,
             locks: args.locks.as_ref(),
@@ -208,7 +215,10 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
     }
 }
 
-const DEFAULT_LEASE_MS: u64 = 3_000;
+/// The runtime's default lease (`LockOptions::new()`), in milliseconds: the one default the macro
+/// needs, to reject `timeout = 5s` without a `lease` at compile time. The expansion never emits it;
+/// `tests/tests/expand.rs` checks that it still equals the runtime's.
+pub(crate) const DEFAULT_LEASE_MS: u64 = 3_000;
 
 /// Whether a return type is syntactically a `Result`: `Result<T, E>`, `std::result::Result<T, E>`,
 /// or an alias whose name ends in `Result` (`io::Result<T>`, `AppResult<T>`). Whether its error
