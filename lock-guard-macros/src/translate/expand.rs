@@ -24,6 +24,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
         Some(expr) => {
             let locks_var = Ident::new("__lock_guard_locks", Span::mixed_site());
             let expr = borrowable(expr);
+            let krate = at(krate, expr.span());
             let take = quote_spanned!(expr.span()=> #krate::__private::locks(&#expr));
             (
                 quote!(let #locks_var = #take;),
@@ -41,6 +42,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     let name = plan.name;
     let parts = plan.parts.iter().map(|part| {
         let expr = &part.expr;
+        let krate = at(krate, part.span);
         quote_spanned!(part.span=> #krate::__private::part(&#expr).push_to(&mut #key_var);)
     });
 
@@ -53,9 +55,10 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     // Call-site hygiene, not mixed-site: rustc then reports errors about this value on the return
     // type rather than on the attribute. It lives only in its own block, so it cannot clash.
     let fake = Ident::new("__lock_guard_return", ret_span);
+    let krate_at_ret = at(krate, ret_span);
     let fake_return_edge = quote_spanned! {ret_span=>
         if false {
-            let #fake: #ret = #krate::__private::fake_return();
+            let #fake: #ret = #krate_at_ret::__private::fake_return();
             return #fake;
         }
     };
@@ -64,7 +67,7 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
     // `fake_return` above and `run` both need `E: From<LockError>`: with both calls spanned on the
     // return type, rustc reports only the first (with its on_unimplemented message) there.
     let run = quote_spanned! {ret_span=>
-        #krate::__private::run(#locks, #key_var, #options, async move {
+        #krate_at_ret::__private::run(#locks, #key_var, #options, async move {
             #fake_return_edge
             #block
         })
@@ -81,6 +84,19 @@ pub(super) fn generate(func: &GuardedFn, plan: &Plan<'_>) -> TokenStream {
             #run
         }
     }
+}
+
+/// The crate's path with every token spanned at `span`, for a call that rustc should report there:
+/// a call's span runs from its path's first token, which would otherwise be the attribute's.
+fn at(krate: &TokenStream, span: Span) -> TokenStream {
+    krate
+        .clone()
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
 }
 
 /// `<crate>::LockOptions::new()`, then one builder call per duration argument the user wrote, in
