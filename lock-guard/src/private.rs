@@ -17,7 +17,7 @@ pub fn key(name: &str) -> LockKey {
 /// One key value: the expansion writes `part(&value).push_to(&mut key)`.
 ///
 /// A tuple gives one part per element, anything else the parts of its [`KeyParts`] impl. No single
-/// trait can hold both (see [`TupleParts`]), so the choice is made by method lookup at the call
+/// trait can hold both (see `TupleParts` in key.rs), so the choice is made by method lookup at the call
 /// site: `push_to` is first looked up on [`Part`], whose method exists only for tuples, then, through
 /// `Deref`, on [`Whole`], whose method takes any `KeyParts` — and reports a value that is neither
 /// with `KeyParts`' message, on the value.

@@ -63,8 +63,8 @@ fn expand_items(items: Vec<Item>) -> Vec<Item> {
                             let at = func.attrs.iter().position(is_guard).expect("found");
                             let args = guard_args(func.attrs.remove(at));
                             let expanded = translate::concurrency_guard(args, quote!(#func));
-                            let wrapped: ItemImpl = syn::parse2(quote!(impl X { #expanded }))
-                                .expect("an expansion");
+                            let wrapped: ItemImpl =
+                                syn::parse2(quote!(impl X { #expanded })).expect("an expansion");
                             items.extend(wrapped.items);
                         }
                         other => items.push(other),
@@ -126,7 +126,12 @@ fn diff(expected: &str, actual: &str) -> String {
         match (e.get(i), a.get(i)) {
             (Some(x), Some(y)) if x == y => {}
             (x, y) => {
-                out += &format!("line {}:\n- {}\n+ {}\n", i + 1, x.unwrap_or(&""), y.unwrap_or(&""));
+                out += &format!(
+                    "line {}:\n- {}\n+ {}\n",
+                    i + 1,
+                    x.unwrap_or(&""),
+                    y.unwrap_or(&"")
+                );
             }
         }
     }
@@ -144,7 +149,11 @@ fn expansions() {
         })
         .collect();
     sources.sort();
-    assert!(sources.len() >= 6, "expected the snapshot sources in {}", dir().display());
+    assert!(
+        sources.len() >= 6,
+        "expected the snapshot sources in {}",
+        dir().display()
+    );
     let mut mismatches = Vec::new();
     for source in &sources {
         let text = fs::read_to_string(source).expect("read a snapshot source");
@@ -154,7 +163,11 @@ fn expansions() {
             "{} did not expand cleanly:\n{rendered}",
             source.display()
         );
-        check(&source.with_extension("expanded.rs"), &rendered, &mut mismatches);
+        check(
+            &source.with_extension("expanded.rs"),
+            &rendered,
+            &mut mismatches,
+        );
     }
     assert!(
         mismatches.is_empty(),
@@ -195,8 +208,11 @@ fn the_readme_shows_the_real_expansion() {
         return;
     }
     if overwrite() {
-        fs::write(&path, format!("{}{function}{}", &readme[..start], &readme[end..]))
-            .expect("write README.md");
+        fs::write(
+            &path,
+            format!("{}{function}{}", &readme[..start], &readme[end..]),
+        )
+        .expect("write README.md");
     } else {
         panic!(
             "README.md's \"What the attribute writes\" is not the expansion of expand/readme.rs:\n{}\n\
@@ -213,5 +229,8 @@ fn the_macro_knows_the_runtime_default_lease() {
     let lease = Duration::from_millis(translate::validate::DEFAULT_LEASE_MS);
     assert_eq!(LockOptions::new(), LockOptions::new().lease(lease));
     // and the comparison can tell leases apart
-    assert_ne!(LockOptions::new(), LockOptions::new().lease(lease + Duration::from_millis(1)));
+    assert_ne!(
+        LockOptions::new(),
+        LockOptions::new().lease(lease + Duration::from_millis(1))
+    );
 }
