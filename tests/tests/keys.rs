@@ -1,4 +1,4 @@
-//! Keys (S3, S4): distinct (name, parts) never share a key, whatever the input holds; the Redis key
+//! Keys: distinct (name, parts) never share a key, whatever the input holds; the Redis key
 //! is one hash tag shared by the lock's counter and channel.
 
 use std::time::Duration;
