@@ -292,7 +292,11 @@ async fn unreachable_urls_give_backend_errors_malformed_ones_config_errors() {
         None,
         "a connection failure concerns no lock: {err}"
     );
-    for url in ["not a url", "http://127.0.0.1:1", "redis://alice:secret@[::1"] {
+    for url in [
+        "not a url",
+        "http://127.0.0.1:1",
+        "redis://alice:secret@[::1",
+    ] {
         let err = LockManager::redis(url).await.expect_err(url);
         assert!(matches!(err, LockError::Config { .. }), "{url}: {err:?}");
         assert!(!err.to_string().contains("secret"), "{url}: {err}");
