@@ -98,9 +98,6 @@ pub(crate) async fn distinct_baseline(
     Ok(start.elapsed().as_secs_f64())
 }
 
-// ------------------------------------------------------------------------------------------------
-// macro
-
 /// Requests the polling lock's tasks sent (every `SET NX` try and every release).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PollStats(Arc<AtomicU64>);

@@ -257,11 +257,6 @@ impl Delta {
     }
 }
 
-// ------------------------------------------------------------------------------------------------
-// Statistics and reporting
-
-/// A latency distribution, in nanoseconds.
-
 /// CPU time of every thread of this process so far, in seconds.
 pub(crate) fn client_cpu() -> Res<f64> {
     let mut ns = 0u64;

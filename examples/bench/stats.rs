@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+/// A latency distribution, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Dist {
     pub(crate) p50: f64,
@@ -70,8 +71,6 @@ pub(crate) fn jain(counts: &[u64]) -> f64 {
         sum * sum / (counts.len() as f64 * squares)
     }
 }
-
-/// One scenario's outcome: rows for the table, one JSON object, and whether its correctness
 
 /// The median (upper middle for an even count); NaN for none.
 pub(crate) fn median(v: &[f64]) -> f64 {

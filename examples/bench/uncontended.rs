@@ -195,6 +195,3 @@ pub(crate) async fn run(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<R
     ));
     Ok(r.finish())
 }
-
-// ------------------------------------------------------------------------------------------------
-// handoff
