@@ -263,7 +263,23 @@ fn handoff_report_with(mut run: HandoffRun, floor: Floor, issue10: bool) -> Repo
             ">= 95 %",
             share >= 0.95,
         );
-        r.target("wait p99", t(wait.p99), "<= 20 ms", wait.p99 <= 20e6);
+        // In a steady round robin a task waits for the others' sections and gaps, less its own
+        // think time: the least any lock can do with this hold.
+        let tasks = run.tasks as f64;
+        let least_wait = ((tasks - 1.0) * hold.mean + tasks * run.around.p50
+            - run.think.as_nanos() as f64)
+            .max(0.0);
+        r.target(
+            "wait p99",
+            format!(
+                "{} (a round robin with this hold and 1 RTT gaps waits {})",
+                t(wait.p99),
+                t(least_wait)
+            ),
+            "<= 20 ms",
+            wait.p99 <= 20e6,
+        );
+        r.set("least_wait_us", json!(us(least_wait)));
         r.target(
             "Jain's fairness index (issue 10)",
             format!("{fairness:.4}"),
