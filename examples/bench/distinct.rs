@@ -117,10 +117,13 @@ impl Variant {
         );
         if with_syscalls {
             s += &format!(
-                "; syscalls: server read {:.2} write {:.2}, client write {:.2}",
+                "; syscalls: server read {:.2} write {:.2}, client write {:.2}; context switches: \
+                 server {:.2}, client {:.2}",
                 self.server_sys.reads as f64 / per,
                 self.server_sys.writes as f64 / per,
-                self.client_sys.writes as f64 / per
+                self.client_sys.writes as f64 / per,
+                self.server_sys.switches as f64 / per,
+                self.client_sys.switches as f64 / per
             );
         }
         s

@@ -283,13 +283,16 @@ pub(crate) fn rss_kib() -> Res<u64> {
 }
 
 /// `syscr` and `syscw` of `/proc/PID/io`: the `read`-family and `write`-family system calls a
-/// process has made. redis-server reads and writes its sockets with `read`/`write`, so its
+/// process has made; and its context switches (`/proc/…/status`, voluntary + involuntary: how
+/// often a thread went to sleep or was preempted), every thread's for this process, the main
+/// thread's (the one that serves commands) for redis-server. redis-server reads and writes its sockets with `read`/`write`, so its
 /// figures count them exactly; a Rust client receives with `recv` (not counted) and sends with
 /// `write` (counted), and tokio's wake-ups read and write an eventfd (both counted).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Syscalls {
     pub(crate) reads: u64,
     pub(crate) writes: u64,
+    pub(crate) switches: u64,
 }
 
 impl Syscalls {
@@ -301,15 +304,28 @@ impl Syscalls {
         };
         let io = std::fs::read_to_string(path).unwrap_or_default();
         let get = |k: &str| field(&io, k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let switches = match pid {
+            Some(pid) => context_switches(&format!("/proc/{pid}/status")),
+            None => std::fs::read_dir("/proc/self/task")
+                .map(|tasks| {
+                    tasks
+                        .filter_map(Result::ok)
+                        .map(|t| context_switches(&t.path().join("status").to_string_lossy()))
+                        .sum()
+                })
+                .unwrap_or(0),
+        };
         Syscalls {
             reads: get("syscr"),
             writes: get("syscw"),
+            switches,
         }
     }
 
     pub(crate) fn add(&mut self, other: Syscalls) {
         self.reads += other.reads;
         self.writes += other.writes;
+        self.switches += other.switches;
     }
 
     /// Per operation: `{"read": 1.0, "write": 1.0}`.
@@ -317,6 +333,7 @@ impl Syscalls {
         json!({
             "read": round3(self.reads as f64 / per),
             "write": round3(self.writes as f64 / per),
+            "context_switches": round3(self.switches as f64 / per),
         })
     }
 
@@ -324,6 +341,16 @@ impl Syscalls {
         Syscalls {
             reads: self.reads - before.reads,
             writes: self.writes - before.writes,
+            // A thread that ended in between takes its count with it.
+            switches: self.switches.saturating_sub(before.switches),
         }
     }
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a `/proc/…/status` file; 0 if
+/// unreadable (a thread may end between the listing and the read).
+fn context_switches(path: &str) -> u64 {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
+    let get = |k: &str| -> u64 { field(&status, k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    get("voluntary_ctxt_switches") + get("nonvoluntary_ctxt_switches")
 }

@@ -158,6 +158,14 @@ pub(crate) async fn run(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<R
                 client_sys.writes as f64 / n as f64,
             ),
         );
+        r.row(
+            "context switches per acquire+release",
+            format!(
+                "server {:.2}, client {:.2}",
+                server_sys.switches as f64 / n as f64,
+                client_sys.switches as f64 / n as f64,
+            ),
+        );
         r.set("server_syscalls_per_op", server_sys.json(n as f64));
         r.set("client_syscalls_per_op", client_sys.json(n as f64));
     }
