@@ -41,9 +41,11 @@ pub(crate) async fn run(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<R
     let mut raw_client_secs = 0.0;
     let mut raw_script_usec = 0;
     let (mut client_sys, mut server_sys) = (Syscalls::default(), Syscalls::default());
+    let (mut raw_client_sys, mut raw_server_sys) = (Syscalls::default(), Syscalls::default());
     for _ in 0..blocks {
         let raw_s0 = inspect.snapshot().await?;
         let client0 = client_cpu()?;
+        let (sys_client0, sys_server0) = (Syscalls::of(None), Syscalls::of(ctx.server_pid));
         let mut raw = Vec::with_capacity(per_block);
         for _ in 0..per_block {
             let t0 = Instant::now();
@@ -54,6 +56,9 @@ pub(crate) async fn run(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<R
                 .await?;
             raw.push(nanos(t0.elapsed()));
         }
+        let (sys_client1, sys_server1) = (Syscalls::of(None), Syscalls::of(ctx.server_pid));
+        raw_client_sys.add(sys_client1.since(sys_client0));
+        raw_server_sys.add(sys_server1.since(sys_server0));
         raw_blocks.push(raw);
         raw_script_usec += Delta::between(&raw_s0, &inspect.snapshot().await?).script_usec;
         raw_client_secs += client_cpu()? - client0;
@@ -161,10 +166,20 @@ pub(crate) async fn run(ctx: &Ctx, inspect: &mut Inspect, floor: Floor) -> Res<R
         r.row(
             "context switches per acquire+release",
             format!(
-                "server {:.2}, client {:.2}",
+                "server {:.2}, client {:.2} (raw EVALSHA: server {:.2}, client {:.2})",
                 server_sys.switches as f64 / n as f64,
                 client_sys.switches as f64 / n as f64,
+                raw_server_sys.switches as f64 / raw.len() as f64,
+                raw_client_sys.switches as f64 / raw.len() as f64,
             ),
+        );
+        r.set(
+            "raw_evalsha_server_syscalls",
+            raw_server_sys.json(raw.len() as f64),
+        );
+        r.set(
+            "raw_evalsha_client_syscalls",
+            raw_client_sys.json(raw.len() as f64),
         );
         r.set("server_syscalls_per_op", server_sys.json(n as f64));
         r.set("client_syscalls_per_op", client_sys.json(n as f64));
