@@ -136,6 +136,15 @@ impl RedisBackend {
         let keys = req.keys;
         let lease_ms = millis(req.lease).to_string();
         let retention = millis(req.lease + FENCE_RETENTION).to_string();
+        // The queue's order: when the caller registered, on its clock (the clocks of several
+        // machines only blur the order of turns, never exclusion).
+        let score = match req.register {
+            true => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+                .to_string(),
+            false => "-".to_owned(),
+        };
         // Until the reply is in, Redis may grant the lock: if this future is dropped or fails
         // before that, release the token on the connection the request went out on, so the
         // release cannot overtake it.
@@ -159,7 +168,8 @@ impl RedisBackend {
                     lease_ms.as_bytes(),
                     retention.as_bytes(),
                     if req.others_wait { b"w" } else { b"-" },
-                    if req.head { b"h" } else { b"-" },
+                    score.as_bytes(),
+                    if req.queued { b"q" } else { b"-" },
                 ],
                 // The first request may have been applied before its connection died.
                 Some(b"r"),

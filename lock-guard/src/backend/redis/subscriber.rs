@@ -1,7 +1,7 @@
 //! The subscriber: one pub/sub connection per manager that carries the release notifications of
 //! every key with local waiters.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -9,13 +9,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::Client;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::backend::Counters;
 use crate::error::{BackendError, LockError};
 use crate::waiting::{Subscriptions, Waiters};
 
 pub(super) enum SubCmd {
-    Subscribe(Arc<str>, oneshot::Sender<Result<(), LockError>>),
+    Subscribe(Arc<str>, oneshot::Sender<Result<Instant, LockError>>),
     Unsubscribe(Arc<str>),
 }
 
@@ -23,7 +24,7 @@ pub(super) enum SubCmd {
 pub(super) struct Requests(pub(super) mpsc::UnboundedSender<SubCmd>);
 
 impl Subscriptions for Requests {
-    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<(), LockError>> {
+    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<Instant, LockError>> {
         let (tx, rx) = oneshot::channel();
         // If the task is gone, the dropped sender tells the waiter so.
         let _ = self.0.send(SubCmd::Subscribe(channel.clone(), tx));
@@ -38,7 +39,7 @@ impl Subscriptions for Requests {
 /// How long a release channel stays subscribed after its last local waiter left.
 const UNSUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -86,18 +87,21 @@ impl SubscriberTask {
             };
             // Subscribe what waits for notifications now; whatever changes after is in the
             // command queue.
-            let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+            // Each subscribed channel, with when its subscription was confirmed.
+            let mut subscribed: HashMap<Arc<str>, Instant> = HashMap::new();
             // Channels whose last local waiter left, unsubscribed after a grace period unless
             // waiters came back meanwhile: a hot key whose queue empties and fills again every
             // few milliseconds would otherwise cost a SUBSCRIBE and an UNSUBSCRIBE each time.
-            let mut lingering: VecDeque<(tokio::time::Instant, Arc<str>)> = VecDeque::new();
+            let mut lingering: VecDeque<(Instant, Arc<str>)> = VecDeque::new();
             let mut ok = true;
             for ch in waiters.subscribed_channels() {
-                if self.sub(&mut sink, &ch).await.is_err() {
-                    ok = false;
-                    break;
-                }
-                subscribed.insert(ch);
+                match self.sub(&mut sink, &ch).await {
+                    Ok(since) => subscribed.insert(ch, since),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                };
             }
             if connected_once {
                 waiters.wake_all_heads();
@@ -111,14 +115,14 @@ impl SubscriberTask {
                 let next_unsubscribe = lingering.front().map(|(at, _)| *at);
                 tokio::select! {
                     () = sleep_until_opt(next_unsubscribe), if next_unsubscribe.is_some() => {
-                        let now = tokio::time::Instant::now();
+                        let now = Instant::now();
                         let mut failed = false;
                         while let Some((_, ch)) = lingering.front().filter(|(at, _)| *at <= now).cloned() {
                             lingering.pop_front();
                             // A queue that asked for notifications again keeps the channel (and
                             // says so when it goes); anything else lets it go now.
                             let wanted = self.waiters.upgrade().is_some_and(|w| w.wants_notifications(&ch));
-                            if !wanted && subscribed.remove(&ch) {
+                            if !wanted && subscribed.remove(&ch).is_some() {
                                 self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
                                 let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
                                 if !matches!(r, Ok(Ok(()))) {
@@ -145,14 +149,13 @@ impl SubscriberTask {
                     cmd = self.rx.recv() => match cmd {
                         None => return,
                         Some(SubCmd::Subscribe(ch, reply)) => {
-                            let r = if subscribed.contains(&ch) {
-                                Ok(())
-                            } else {
-                                self.sub(&mut sink, &ch).await
+                            let r = match subscribed.get(&ch) {
+                                Some(since) => Ok(*since),
+                                None => self.sub(&mut sink, &ch).await,
                             };
                             let failed = r.is_err();
-                            if !failed {
-                                subscribed.insert(ch);
+                            if let Ok(since) = r {
+                                subscribed.insert(ch, since);
                             }
                             let _ = reply.send(r);
                             if failed {
@@ -160,8 +163,8 @@ impl SubscriberTask {
                             }
                         }
                         Some(SubCmd::Unsubscribe(ch)) => {
-                            if subscribed.contains(&ch) {
-                                lingering.push_back((tokio::time::Instant::now() + UNSUBSCRIBE_GRACE, ch));
+                            if subscribed.contains_key(&ch) {
+                                lingering.push_back((Instant::now() + UNSUBSCRIBE_GRACE, ch));
                             }
                         }
                     }
@@ -170,12 +173,14 @@ impl SubscriberTask {
         }
     }
 
-    async fn sub(&self, sink: &mut redis::aio::PubSubSink, ch: &str) -> Result<(), LockError> {
+    /// Subscribes `ch`; returns when the subscription was confirmed (it is in place since then at
+    /// the latest).
+    async fn sub(&self, sink: &mut redis::aio::PubSubSink, ch: &str) -> Result<Instant, LockError> {
         self.counters
             .subscriber_commands
             .fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, sink.subscribe(ch)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(Instant::now()),
             Ok(Err(e)) => Err(LockError::backend(None, BackendError::Redis(e))),
             Err(_) => Err(LockError::backend(
                 None,
@@ -190,7 +195,7 @@ impl SubscriberTask {
     /// While disconnected: answer subscribe requests with an error for `pause`, so waiters go on
     /// with their lease timers. Returns `false` when the manager is gone.
     async fn drain_while_down(&mut self, pause: Duration) -> bool {
-        let until = tokio::time::Instant::now() + pause;
+        let until = Instant::now() + pause;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
