@@ -1,4 +1,4 @@
-//! Backend failures (S15): a Redis that is down, paused or unreachable yields `Backend` within the
+//! Backend failures: a Redis that is down, paused or unreachable yields `Backend` within the
 //! command timeout — never a hang — and an exhausted pool yields an error, not a deadlock.
 
 use std::time::Duration;
@@ -257,7 +257,7 @@ async fn waiter_on_a_dying_redis_ends_in_time() {
     eprintln!("waiter on a dying redis: {result:?} after {took:?}");
     let err = result.expect_err("no lock from a dead redis");
     assert!(err.is_backend() || err.is_not_acquired(), "{err:?}");
-    // S15: `wait` + one command timeout, plus scheduling.
+    // `wait` + one command timeout, plus scheduling.
     assert!(
         took <= wait + COMMAND_TIMEOUT + SCHEDULING,
         "ended only after {took:?} (wait {wait:?} + command timeout {COMMAND_TIMEOUT:?})"

@@ -1,4 +1,4 @@
-//! Network faults through a TCP proxy between the managers and Redis (S14, S15): latency, one
+//! Network faults through a TCP proxy between the managers and Redis: latency, one
 //! direction stalled past the command timeout, connections cut mid-command, a release cancelled
 //! in flight, and a manager whose runtime is gone. A reply can arrive after the caller gave up:
 //! the lock is never left held by nobody for the rest of its lease, two holders never coexist,

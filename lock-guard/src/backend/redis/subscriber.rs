@@ -46,7 +46,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// The task that owns the manager's one subscriber connection (S8): it subscribes a key's release
+/// The task that owns the manager's one subscriber connection: it subscribes a key's release
 /// channel while the key has local waiters, wakes the head of the key's queue on each message, and
 /// after a lost connection reconnects, subscribes again and wakes every head (a release may have
 /// been missed meanwhile).
