@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ErrorKind, ServerErrorKind};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
 use self::scripts::{Lua, scripts};
-use self::subscriber::{Requests, SubscriberTask};
+use self::subscriber::Requests;
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
@@ -45,8 +44,7 @@ pub(crate) struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects (one `PING`, so a wrong URL or password fails here) and starts the subscriber on
-    /// the library's background runtime.
+    /// Connects (one `PING`, so a wrong URL or password fails here) and starts the subscriber.
     pub(crate) async fn connect(
         config: RedisConfig,
         waiters: &Arc<Waiters>,
@@ -69,18 +67,12 @@ impl RedisBackend {
                 async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
             })
             .await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        waiters.set_subscriptions(Box::new(Requests(tx)));
-        let task = SubscriberTask {
-            client: config.client,
-            waiters: Arc::downgrade(waiters),
-            rx,
-            timeout: config.timeout,
+        waiters.set_subscriptions(Box::new(Requests::start(
+            config.client,
+            waiters,
+            config.timeout,
             counters,
-        };
-        if !background::spawn(task.run()) {
-            tracing::warn!("no subscriber for release notifications; waiters retry at lease ends");
-        }
+        )));
         Ok(backend)
     }
 
