@@ -353,7 +353,7 @@ fn release_notifications_survive_the_runtime_that_built_the_manager() {
                     let guard = locks
                         .lock(&key, LockOptions::new().wait(Duration::from_secs(5)))
                         .await;
-                    (Instant::now(), guard.map(|g| drop(g)))
+                    (Instant::now(), guard.map(drop))
                 }
             });
             eventually(Duration::from_secs(5), "the waiter queued", || async {
