@@ -18,8 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::HANDOVER;
 use crate::error::LockError;
+
+/// How long a released lock stays reserved for the oldest waiting process (`claim:<token>`):
+/// long enough for a live process to hear of it and take it, short enough that a process that
+/// died meanwhile delays the others only briefly.
+pub(crate) const HANDOVER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a backend that needs a subscription for release notifications (Redis pub/sub) hears which
 /// keys have waiters. Both calls are made under the queue's lock, so the requests leave in the

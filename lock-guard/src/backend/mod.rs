@@ -76,10 +76,7 @@ pub(crate) enum Attempt {
     Held(Option<Duration>),
 }
 
-/// How long a released lock stays reserved for the oldest waiting process (`claim:<token>`):
-/// long enough for a live process to hear of it and take it, short enough that a process that
-/// died meanwhile delays the others only briefly.
-pub(crate) const HANDOVER: Duration = Duration::from_millis(100);
+pub(crate) use crate::waiting::HANDOVER;
 
 /// What a backend has sent, for [`Metrics`](crate::Metrics).
 #[derive(Debug, Default)]
