@@ -179,8 +179,9 @@ impl Waiters {
                 // now, which registers it, so it is not skipped by the next hand-overs.
                 head.wake(true);
             } else {
+                // Reserved for another process: if that one is gone, try when the reservation
+                // ends. The head reads this when its timer next looks; no need to wake it now.
                 q.retry_at = Some(Instant::now() + HANDOVER);
-                head.wake(false);
             }
         }
     }

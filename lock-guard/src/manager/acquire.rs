@@ -14,7 +14,7 @@ use crate::error::{BackendError, LockError};
 use crate::guard::{LockGuard, Token};
 use crate::key::LockKey;
 use crate::options::LockOptions;
-use crate::waiting::Place;
+use crate::waiting::{HANDOVER, Place};
 
 impl LockManager {
     /// Takes the lock, waiting up to `options.wait`. The guard releases it on
@@ -129,17 +129,24 @@ impl LockManager {
                 }
             }
             let (head, retry_at) = place.state();
-            let timer = match retry_at {
+            let mut timer = match retry_at {
                 Some(at) if head => at.min(wait_end),
                 _ => wait_end,
             };
+            if head && ask.queued {
+                // A release that reserves the lock for another process moves `retry_at` to the
+                // reservation's end without waking this task (every waiting process hears every
+                // release): look at it again every reservation time, locally.
+                timer = timer.min(Instant::now() + HANDOVER);
+            }
             tokio::select! {
                 try_now = place.notified() => must_try = try_now,
                 () = sleep_until(timer) => {
-                    if Instant::now() >= wait_end {
+                    let now = Instant::now();
+                    if now >= wait_end {
                         return Err(not_acquired());
                     }
-                    must_try = true;
+                    must_try = matches!(place.state().1, Some(at) if at <= now);
                 }
             }
         }

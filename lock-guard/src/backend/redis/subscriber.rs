@@ -103,6 +103,13 @@ impl Subscriptions for Requests {
     }
 }
 
+/// A subscribed channel: confirmed since when, last asked for when.
+#[derive(Clone, Copy)]
+struct Subscribed {
+    since: Instant,
+    wanted: Instant,
+}
+
 /// How long a release channel stays subscribed after its last local waiter left.
 const UNSUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
 
@@ -157,15 +164,22 @@ impl SubscriberTask {
             // Subscribe what waits for notifications now; whatever changes after is in the
             // command queue.
             // Each subscribed channel, with when its subscription was confirmed.
-            let mut subscribed: HashMap<Arc<str>, Instant> = HashMap::new();
+            let mut subscribed: HashMap<Arc<str>, Subscribed> = HashMap::new();
             // Channels whose last local waiter left, unsubscribed after a grace period unless
             // waiters came back meanwhile: a hot key whose queue empties and fills again every
             // few milliseconds would otherwise cost a SUBSCRIBE and an UNSUBSCRIBE each time.
-            let mut lingering: VecDeque<(Instant, Arc<str>)> = VecDeque::new();
+            // Each entry: when to look, the channel, when its queue went away.
+            let mut lingering: VecDeque<(Instant, Arc<str>, Instant)> = VecDeque::new();
             let mut ok = true;
             for ch in waiters.subscribed_channels() {
                 match self.sub(&mut sink, &ch).await {
-                    Ok(since) => subscribed.insert(ch, since),
+                    Ok(since) => subscribed.insert(
+                        ch,
+                        Subscribed {
+                            since,
+                            wanted: since,
+                        },
+                    ),
                     Err(_) => {
                         ok = false;
                         break;
@@ -181,16 +195,18 @@ impl SubscriberTask {
                 continue;
             }
             loop {
-                let next_unsubscribe = lingering.front().map(|(at, _)| *at);
+                let next_unsubscribe = lingering.front().map(|(at, _, _)| *at);
                 tokio::select! {
                     () = sleep_until_opt(next_unsubscribe), if next_unsubscribe.is_some() => {
                         let now = Instant::now();
                         let mut failed = false;
-                        while let Some((_, ch)) = lingering.front().filter(|(at, _)| *at <= now).cloned() {
+                        while let Some((_, ch, gone)) = lingering.front().filter(|(at, _, _)| *at <= now).cloned() {
                             lingering.pop_front();
-                            // A queue that asked for notifications again keeps the channel (and
+                            // A queue that asked for notifications since keeps the channel (and
                             // says so when it goes); anything else lets it go now.
-                            let wanted = self.waiters.upgrade().is_some_and(|w| w.wants_notifications(&ch));
+                            let asked_again = subscribed.get(&ch).is_some_and(|s| s.wanted > gone);
+                            let wanted = asked_again
+                                || self.waiters.upgrade().is_some_and(|w| w.wants_notifications(&ch));
                             if !wanted && subscribed.remove(&ch).is_some() {
                                 self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
                                 let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
@@ -218,14 +234,16 @@ impl SubscriberTask {
                     cmd = self.rx.recv() => match cmd {
                         None => return,
                         Some(SubCmd::Subscribe(ch, reply)) => {
-                            let r = match subscribed.get(&ch) {
-                                Some(since) => Ok(*since),
-                                None => self.sub(&mut sink, &ch).await,
+                            let r = match subscribed.get_mut(&ch) {
+                                Some(sub) => {
+                                    sub.wanted = Instant::now();
+                                    Ok(sub.since)
+                                }
+                                None => self.sub(&mut sink, &ch).await.inspect(|&since| {
+                                    subscribed.insert(ch, Subscribed { since, wanted: since });
+                                }),
                             };
                             let failed = r.is_err();
-                            if let Ok(since) = r {
-                                subscribed.insert(ch, since);
-                            }
                             let _ = reply.send(r);
                             if failed {
                                 break;
@@ -233,7 +251,8 @@ impl SubscriberTask {
                         }
                         Some(SubCmd::Unsubscribe(ch)) => {
                             if subscribed.contains_key(&ch) {
-                                lingering.push_back((Instant::now() + UNSUBSCRIBE_GRACE, ch));
+                                let now = Instant::now();
+                                lingering.push_back((now + UNSUBSCRIBE_GRACE, ch, now));
                             }
                         }
                     }
