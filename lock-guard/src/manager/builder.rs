@@ -48,10 +48,11 @@ enum Deployment {
 
 /// Multiplexed connections per manager when none is configured.
 ///
-/// One connection pipelines every concurrent command into batched writes; on a small machine more
-/// sockets mean smaller batches and more system calls per command (see BENCHMARKS.md, `distinct`
-/// with a sweep of `pool_size`).
-pub(crate) const DEFAULT_POOL_SIZE: usize = 1;
+/// A multiplexed connection pipelines every concurrent command into batched writes; more sockets
+/// mean smaller batches and more system calls per command. Measured on 2 cores (BENCHMARKS.md,
+/// `distinct`, 64 tasks): 2 connections were the best or within 10 % of it in every run; 1 was up
+/// to 20 % slower, 32 (the earlier default) half as fast.
+pub(crate) const DEFAULT_POOL_SIZE: usize = 2;
 
 impl fmt::Debug for LockManagerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -98,9 +99,10 @@ impl LockManagerBuilder {
     }
 
     /// How many multiplexed connections carry the commands (each serves any number of
-    /// concurrent commands). Default 1, the fastest setting measured on a small machine; more
-    /// help when one connection's socket becomes the bottleneck — many cores on the client and a
-    /// busy Redis with I/O threads.
+    /// concurrent commands, pipelined). Default 2, the fastest setting measured on a small
+    /// machine. More help only when a connection's socket becomes the bottleneck — many client
+    /// cores driving many concurrent calls into a Redis with I/O threads; more than a few cost
+    /// throughput, since each socket then carries smaller batches.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
         self
