@@ -129,16 +129,27 @@ backend_tests! {
         let locks = backend.manager().await;
         let key = LockKey::new("lease").part("capped");
         let lease = Duration::from_millis(500);
+        // When the body is dropped, not when the call returns (that includes the release).
+        struct Dropped(std::sync::Arc<std::sync::Mutex<Option<Instant>>>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = Some(Instant::now());
+            }
+        }
+        let dropped_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let body = {
+            let witness = Dropped(dropped_at.clone());
+            async move {
+                let _witness = witness;
+                std::future::pending::<Result<(), LockError>>().await
+            }
+        };
         let start = Instant::now();
         let result: Result<(), LockError> = locks
-            .run(
-                &key,
-                LockOptions::new().lease(lease).timeout(Duration::from_secs(5)),
-                std::future::pending(),
-            )
+            .run(&key, LockOptions::new().lease(lease).timeout(Duration::from_secs(5)), body)
             .await;
-        let elapsed = start.elapsed();
         assert!(matches!(result, Err(LockError::Deadline { .. })), "{result:?}");
+        let elapsed = dropped_at.lock().unwrap().expect("the body was dropped") - start;
         assert!(elapsed < lease, "the body ran {elapsed:?}, past the lease of {lease:?}");
     }
 
