@@ -47,7 +47,7 @@ pub enum LockError {
         source: BackendError,
     },
     /// The lock was taken, but fewer replicas than asked for acknowledged it within the timeout of
-    /// [`wait_for_replicas`](crate::LockManagerBuilder::wait_for_replicas); it was released again,
+    /// `LockManagerBuilder::wait_for_replicas`; it was released again,
     /// since a failover could lose it.
     #[error("lock `{key}` acknowledged by {acked} replica(s), {wanted} wanted; it was released")]
     NotReplicated {
