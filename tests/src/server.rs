@@ -163,6 +163,26 @@ impl RedisServer {
         matches!(self.process.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
+    /// Freezes the process (`SIGSTOP`): it keeps its connections but answers nothing, and expires
+    /// nothing, until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        if let Some(pid) = self.pid() {
+            crate::signal_pid(pid, "STOP");
+        }
+    }
+
+    /// Lets a [`freeze`](Self::freeze)d process run again (`SIGCONT`).
+    pub fn thaw(&self) {
+        if let Some(pid) = self.pid() {
+            crate::signal_pid(pid, "CONT");
+        }
+    }
+
     /// Kills the process (SIGKILL, as a crash would) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.process.take() {

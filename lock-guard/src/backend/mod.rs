@@ -8,6 +8,8 @@
 
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod redlock;
+mod redlock_subscriptions;
 
 use std::fmt;
 use std::future::Future;

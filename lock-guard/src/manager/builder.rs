@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::LockManager;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{RedisBackend, RedisConfig};
+use crate::backend::redlock::RedlockBackend;
 use crate::error::LockError;
 use crate::lease;
 use crate::waiting::Waiters;
@@ -42,6 +43,8 @@ pub struct LockManagerBuilder {
 enum Deployment {
     /// One Redis server (a primary, possibly with replicas).
     Single(String),
+    /// Redlock over independent masters: held while a majority grants it.
+    Redlock(Vec<String>),
     /// In this process.
     Memory,
 }
@@ -58,6 +61,10 @@ impl fmt::Debug for LockManagerBuilder {
         let mut d = f.debug_struct("LockManagerBuilder");
         match &self.deployment {
             Deployment::Single(url) => d.field("url", &redact_url(url)),
+            Deployment::Redlock(urls) => d.field(
+                "redlock",
+                &urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            ),
             Deployment::Memory => d.field("backend", &"memory"),
         };
         d.field("pool_size", &self.pool_size)
@@ -87,6 +94,20 @@ impl LockManagerBuilder {
     /// `tls` feature. Default `redis://127.0.0.1:6379`.
     pub fn url(mut self, url: &str) -> Self {
         self.deployment = Deployment::Single(url.to_owned());
+        self
+    }
+
+    /// Redlock over independent Redis masters (3 or 5, usually), each at a URL as for
+    /// [`url`](Self::url): a lock is held while a majority of them grant it, within its validity
+    /// (`lease − time taken − drift`); the pool size, timeouts, TLS and key prefix apply to each.
+    /// See the crate docs, *Deployments*, for what this does and does not guarantee.
+    pub fn redlock<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.deployment =
+            Deployment::Redlock(urls.into_iter().map(|u| u.as_ref().to_owned()).collect());
         self
     }
 
@@ -139,6 +160,21 @@ impl LockManagerBuilder {
                 self.prefix
             )));
         }
+        if let Deployment::Redlock(urls) = &self.deployment {
+            if urls.is_empty() {
+                return Err(LockError::config(
+                    "Redlock without nodes: give the URLs of 3 or 5 independent masters",
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = urls.iter().find(|u| !seen.insert(u.as_str())) {
+                return Err(LockError::config(format!(
+                    "Redlock node `{}` given twice: each node must be a different, independent \
+                     master",
+                    redact_url(twice)
+                )));
+            }
+        }
         if self.command_timeout.is_zero() {
             return Err(LockError::config(
                 "command timeout of zero: every command would time out; use e.g. 1 s",
@@ -174,6 +210,16 @@ impl LockManagerBuilder {
         redis::Client::open(url).map_err(config)
     }
 
+    /// The connection settings of one server.
+    fn config(&self, url: &str) -> Result<RedisConfig, LockError> {
+        Ok(RedisConfig {
+            client: self.client(url)?,
+            shown_url: redact_url(url),
+            pool_size: self.pool_size,
+            timeout: self.command_timeout,
+        })
+    }
+
     /// Builds the manager. On Redis it connects first (one `PING`, so a wrong URL or password
     /// fails here, as [`LockError::Backend`]); a configuration that cannot work fails as
     /// [`LockError::Config`] without connecting.
@@ -194,6 +240,20 @@ impl LockManagerBuilder {
                     &waiters,
                 )
                 .await?;
+                Ok(LockManager::from_parts(
+                    Arc::new(backend),
+                    waiters,
+                    self.prefix,
+                    self.watchdog_lease,
+                ))
+            }
+            Deployment::Redlock(urls) => {
+                let configs = urls
+                    .iter()
+                    .map(|url| self.config(url))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let waiters = Arc::new(Waiters::new());
+                let backend = RedlockBackend::connect(configs, &waiters).await?;
                 Ok(LockManager::from_parts(
                     Arc::new(backend),
                     waiters,

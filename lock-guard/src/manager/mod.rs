@@ -91,6 +91,12 @@ impl LockManager {
         Self::builder().url(url).build().await
     }
 
+    /// A manager on Redlock over the independent Redis masters at `urls`, with the default
+    /// configuration (see [`LockManagerBuilder::redlock`]).
+    pub async fn redlock<S: AsRef<str>>(urls: &[S]) -> Result<LockManager, LockError> {
+        Self::builder().redlock(urls).build().await
+    }
+
     /// Configures a manager.
     pub fn builder() -> LockManagerBuilder {
         LockManagerBuilder::default()

@@ -2,6 +2,7 @@
 //! (`conn.rs`), and one subscriber connection for release notifications (`subscriber.rs`).
 
 mod conn;
+mod node;
 mod scripts;
 mod subscriber;
 
@@ -12,12 +13,10 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{Client, ErrorKind, ServerErrorKind};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
 use self::scripts::{Lua, scripts};
-use self::subscriber::{Requests, SubscriberTask};
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
@@ -51,36 +50,10 @@ impl RedisBackend {
         config: RedisConfig,
         waiters: &Arc<Waiters>,
     ) -> Result<RedisBackend, LockError> {
-        let counters = Arc::new(Counters::default());
-        let conns = Arc::new(Connections::new(
-            config.client.clone(),
-            config.pool_size,
-            config.timeout,
-        )?);
-        let backend = RedisBackend {
-            conns,
-            counters: counters.clone(),
-            shown_url: config.shown_url,
-        };
-        backend
-            .conns
-            .call(None, "PING", |c, _| {
-                let mut conn = c.conn.clone();
-                async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
-            })
-            .await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        waiters.set_subscriptions(Box::new(Requests(tx)));
-        let task = SubscriberTask {
-            client: config.client,
-            waiters: Arc::downgrade(waiters),
-            rx,
-            timeout: config.timeout,
-            counters,
-        };
-        if !background::spawn(task.run()) {
-            tracing::warn!("no subscriber for release notifications; waiters retry at lease ends");
-        }
+        let (backend, subscriptions) =
+            RedisBackend::connect_node(config, waiters, Arc::new(Counters::default()))?;
+        backend.ping().await?;
+        waiters.set_subscriptions(subscriptions);
         Ok(backend)
     }
 

@@ -14,7 +14,7 @@ pub(super) struct Lua {
 }
 
 impl Lua {
-    fn new(source: &'static str) -> Self {
+    pub(super) fn new(source: &'static str) -> Self {
         Lua {
             script: Script::new(source),
             source,

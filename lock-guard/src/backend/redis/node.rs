@@ -1,0 +1,96 @@
+//! One Redis server as a part of a larger deployment (Redlock's independent masters): its
+//! connections and subscriber, built without claiming the manager's subscription handler and with
+//! counters shared with the other parts, and the few calls only such a deployment needs.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::conn::Connections;
+use super::scripts::Lua;
+use super::subscriber::{Requests, SubscriberTask};
+use super::{FENCE_RETENTION, RedisBackend, RedisConfig, millis};
+use crate::backend::{Counters, Keys};
+use crate::background;
+use crate::error::LockError;
+use crate::waiting::{Subscriptions, Waiters};
+
+fn raise_fence_script() -> &'static Lua {
+    static SCRIPT: OnceLock<Lua> = OnceLock::new();
+    SCRIPT.get_or_init(|| Lua::new(include_str!("../../scripts/raise_fence.lua")))
+}
+
+impl RedisBackend {
+    /// The connections (opened on first use) and the subscriber task of one server, counting into
+    /// `counters`. The subscriber delivers to `waiters`; the returned handler asks it for
+    /// subscriptions — install it (or a fan-out over several) with
+    /// [`Waiters::set_subscriptions`].
+    pub(crate) fn connect_node(
+        config: RedisConfig,
+        waiters: &Arc<Waiters>,
+        counters: Arc<Counters>,
+    ) -> Result<(RedisBackend, Box<dyn Subscriptions>), LockError> {
+        let conns = Arc::new(Connections::new(
+            config.client.clone(),
+            config.pool_size,
+            config.timeout,
+        )?);
+        let backend = RedisBackend {
+            conns,
+            counters: counters.clone(),
+            shown_url: config.shown_url,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = SubscriberTask {
+            client: config.client,
+            waiters: Arc::downgrade(waiters),
+            rx,
+            timeout: config.timeout,
+            counters,
+        };
+        if !background::spawn(task.run()) {
+            tracing::warn!("no subscriber for release notifications; waiters retry at lease ends");
+        }
+        Ok((backend, Box::new(Requests(tx))))
+    }
+
+    /// One `PING`: a wrong URL or password, or a server that is down, fails here.
+    pub(crate) async fn ping(&self) -> Result<(), LockError> {
+        self.conns
+            .call(None, "PING", |c, _| {
+                let mut conn = c.conn.clone();
+                async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
+            })
+            .await
+    }
+
+    /// The URL, password redacted.
+    pub(crate) fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// Raises the key's fencing counter to at least `fence` (never lowers it), for as long as a
+    /// counter lives after an acquisition with `lease`.
+    pub(crate) async fn raise_fence(
+        &self,
+        keys: &Keys,
+        fence: u64,
+        lease: Duration,
+    ) -> Result<(), LockError> {
+        let fence = fence.to_string();
+        let retention = millis(lease + FENCE_RETENTION).to_string();
+        let _: i64 = self
+            .eval(
+                &keys.lock,
+                raise_fence_script(),
+                &[&keys.fence],
+                &[fence.as_bytes(), retention.as_bytes()],
+                None,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+}
