@@ -82,6 +82,8 @@ pub struct RedisServer {
     process: Option<Child>,
     /// Number of processes started so far; each gets its own log file.
     generation: u32,
+    /// More `redis-server` arguments (replication, cluster mode), kept across restarts.
+    extra_args: Vec<String>,
 }
 
 /// A start that failed because another process took the port first.
@@ -104,6 +106,16 @@ impl RedisServer {
     /// If `redis-server` (or, for TLS, `openssl` and `redis-cli`) is not installed, or the server
     /// does not come up within 10 s.
     pub fn start_with(options: ServerOptions) -> RedisServer {
+        RedisServer::start_with_args(options, &[])
+    }
+
+    /// Starts a server of the given kind with more `redis-server` arguments (e.g.
+    /// `["--cluster-enabled", "yes"]`), kept across [`restart`](Self::restart)s.
+    ///
+    /// # Panics
+    ///
+    /// As [`start_with`](Self::start_with).
+    pub fn start_with_args(options: ServerOptions, args: &[&str]) -> RedisServer {
         let dir = TempDir::new();
         let tls = options.tls.then(|| tls::generate(dir.path()));
         let mut server = RedisServer {
@@ -113,6 +125,7 @@ impl RedisServer {
             tls,
             process: None,
             generation: 0,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         for _ in 0..PORT_ATTEMPTS {
             // The port is free now but may be taken before redis-server binds it: retry then.
@@ -161,6 +174,43 @@ impl RedisServer {
     /// Whether the process is running (it is, unless [`kill`](Self::kill)ed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.process.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// A plain server replicating `primary` (`--replicaof`), returned once its link to the primary
+    /// is up and the initial sync is done. Sets the primary's `repl-diskless-sync-delay` to 0, so
+    /// the sync starts at once.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start), or if the replica does not sync within 10 s.
+    pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg("0")
+            .query_async(&mut primary.connection().await)
+            .await
+            .expect("CONFIG SET repl-diskless-sync-delay 0");
+        let port = primary.port().to_string();
+        let replica = RedisServer::start_with_args(
+            ServerOptions::new(),
+            &["--replicaof", "127.0.0.1", &port],
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let info = replica.info("replication").await;
+            if info_field(&info, "master_link_status") == Some("up")
+                && info_field(&info, "master_sync_in_progress") == Some("0")
+            {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica of port {port} did not sync within {START_TIMEOUT:?}:\n{}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The process id, while it runs.
@@ -343,7 +393,8 @@ impl RedisServer {
         .arg(self.dir.path())
         .arg("--logfile")
         .arg(self.log_path())
-        .args(["--enable-debug-command", "local"]);
+        .args(["--enable-debug-command", "local"])
+        .args(&self.extra_args);
         match &self.tls {
             None => {
                 cmd.arg("--port").arg(port.to_string());

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::LockManager;
+use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::{RedisBackend, RedisConfig};
+use crate::backend::redis::{RedisBackend, RedisConfig, Replicated};
 use crate::backend::redlock::RedlockBackend;
 use crate::error::LockError;
 use crate::lease;
@@ -34,6 +35,8 @@ pub struct LockManagerBuilder {
     prefix: String,
     command_timeout: Duration,
     watchdog_lease: Duration,
+    /// `WAIT` for this many replicas, at most this long, after each acquisition.
+    replicas: Option<(u64, Duration)>,
     #[cfg(feature = "tls")]
     root_cert: Option<Vec<u8>>,
 }
@@ -71,6 +74,7 @@ impl fmt::Debug for LockManagerBuilder {
             .field("key_prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("watchdog_lease", &self.watchdog_lease)
+            .field("wait_for_replicas", &self.replicas)
             .finish()
     }
 }
@@ -83,6 +87,7 @@ impl Default for LockManagerBuilder {
             prefix: "lock".to_owned(),
             command_timeout: Duration::from_secs(1),
             watchdog_lease: lease::DEFAULT_WATCHDOG_LEASE,
+            replicas: None,
             #[cfg(feature = "tls")]
             root_cert: None,
         }
@@ -145,6 +150,19 @@ impl LockManagerBuilder {
         self
     }
 
+    /// After each acquisition, waits (`WAIT replicas timeout`, pipelined with the acquisition on
+    /// the same connection: no extra round trip) until `replicas` replicas have it; with fewer
+    /// acknowledgements within `timeout` the lock is released again and the call fails with
+    /// [`LockError::NotReplicated`]. Narrows the window in which a failover loses a lock — it does
+    /// not close it: replication stays asynchronous, and a replica that did not acknowledge can
+    /// still be promoted. `timeout` must be shorter than the command timeout; `WAIT` holds up
+    /// the commands queued behind it on its connection for up to that long. For one server with
+    /// replicas (not Redlock, whose nodes are independent masters). Off by default.
+    pub fn wait_for_replicas(mut self, replicas: u64, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Trusts this PEM root certificate for `rediss://` (instead of the system's roots).
     #[cfg(feature = "tls")]
     pub fn tls_root_certificate_pem(mut self, pem: Vec<u8>) -> Self {
@@ -172,6 +190,21 @@ impl LockManagerBuilder {
                     "Redlock node `{}` given twice: each node must be a different, independent \
                      master",
                     redact_url(twice)
+                )));
+            }
+        }
+        if let Some((_, timeout)) = self.replicas {
+            if matches!(self.deployment, Deployment::Redlock(_)) {
+                return Err(LockError::config(
+                    "wait_for_replicas applies to one server or a cluster with replicas, not to \
+                     Redlock, whose nodes are independent masters",
+                ));
+            }
+            if timeout >= self.command_timeout || timeout.is_zero() {
+                return Err(LockError::config(format!(
+                    "wait_for_replicas timeout of {timeout:?} must be above zero and below the \
+                     command timeout ({:?}), which bounds the acquisition and its WAIT together",
+                    self.command_timeout
                 )));
             }
         }
@@ -240,8 +273,12 @@ impl LockManagerBuilder {
                     &waiters,
                 )
                 .await?;
+                let backend: Arc<dyn Backend> = match self.replicas {
+                    Some((n, timeout)) => Arc::new(Replicated::new(backend, n, timeout)),
+                    None => Arc::new(backend),
+                };
                 Ok(LockManager::from_parts(
-                    Arc::new(backend),
+                    backend,
                     waiters,
                     self.prefix,
                     self.watchdog_lease,

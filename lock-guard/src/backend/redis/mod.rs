@@ -3,6 +3,7 @@
 
 mod conn;
 mod node;
+mod replicas;
 mod scripts;
 mod subscriber;
 
@@ -16,6 +17,7 @@ use redis::{Client, ErrorKind, ServerErrorKind};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
+pub(crate) use self::replicas::Replicated;
 use self::scripts::{Lua, scripts};
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
