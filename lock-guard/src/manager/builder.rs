@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use super::LockManager;
 use crate::backend::Backend;
+#[cfg(feature = "cluster")]
+use crate::backend::cluster::{ClusterBackend, ClusterConfig};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{RedisBackend, RedisConfig, Replicated};
 use crate::backend::redlock::RedlockBackend;
@@ -48,6 +50,9 @@ enum Deployment {
     Single(String),
     /// Redlock over independent masters: held while a majority grants it.
     Redlock(Vec<String>),
+    /// A Redis Cluster, reached through any of these nodes.
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
     /// In this process.
     Memory,
 }
@@ -66,6 +71,11 @@ impl fmt::Debug for LockManagerBuilder {
             Deployment::Single(url) => d.field("url", &redact_url(url)),
             Deployment::Redlock(urls) => d.field(
                 "redlock",
+                &urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            ),
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(urls) => d.field(
+                "cluster",
                 &urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
             ),
             Deployment::Memory => d.field("backend", &"memory"),
@@ -113,6 +123,22 @@ impl LockManagerBuilder {
     {
         self.deployment =
             Deployment::Redlock(urls.into_iter().map(|u| u.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// A Redis Cluster, reached through any of its nodes at `urls` (as for [`url`](Self::url);
+    /// the client discovers the others). Scripts run on the master of each lock's slot; redirects,
+    /// failovers and slot migrations are followed. The pool size does not apply (the cluster client
+    /// keeps one multiplexed connection per node). Release notifications use classic pub/sub
+    /// through the first URL's node. See the crate docs, *Deployments*, for the guarantees.
+    #[cfg(feature = "cluster")]
+    pub fn cluster<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.deployment =
+            Deployment::Cluster(urls.into_iter().map(|u| u.as_ref().to_owned()).collect());
         self
     }
 
@@ -193,6 +219,12 @@ impl LockManagerBuilder {
                 )));
             }
         }
+        #[cfg(feature = "cluster")]
+        if matches!(&self.deployment, Deployment::Cluster(urls) if urls.is_empty()) {
+            return Err(LockError::config(
+                "Redis Cluster without nodes: give the URL of at least one node",
+            ));
+        }
         if let Some((_, timeout)) = self.replicas {
             if matches!(self.deployment, Deployment::Redlock(_)) {
                 return Err(LockError::config(
@@ -253,6 +285,35 @@ impl LockManagerBuilder {
         })
     }
 
+    #[cfg(feature = "cluster")]
+    fn cluster_config(&self, urls: &[String]) -> Result<ClusterConfig, LockError> {
+        let config = |e: redis::RedisError| {
+            let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+            LockError::config(format!("{}: {e}", shown.join(", ")))
+        };
+        #[cfg(feature = "tls")]
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let builder = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+            .connection_timeout(self.command_timeout)
+            .response_timeout(self.command_timeout);
+        #[cfg(feature = "tls")]
+        let builder = match &self.root_cert {
+            Some(pem) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            }),
+            None => builder,
+        };
+        Ok(ClusterConfig {
+            client: builder.build().map_err(config)?,
+            subscriber: self.client(&urls[0])?,
+            shown_urls: urls.iter().map(|u| redact_url(u)).collect(),
+            timeout: self.command_timeout,
+        })
+    }
+
     /// Builds the manager. On Redis it connects first (one `PING`, so a wrong URL or password
     /// fails here, as [`LockError::Backend`]); a configuration that cannot work fails as
     /// [`LockError::Config`] without connecting.
@@ -279,6 +340,22 @@ impl LockManagerBuilder {
                 };
                 Ok(LockManager::from_parts(
                     backend,
+                    waiters,
+                    self.prefix,
+                    self.watchdog_lease,
+                ))
+            }
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(urls) => {
+                if self.replicas.is_some() {
+                    return Err(LockError::config(
+                        "wait_for_replicas is not supported on a cluster yet",
+                    ));
+                }
+                let waiters = Arc::new(Waiters::new());
+                let backend = ClusterBackend::connect(self.cluster_config(urls)?, &waiters).await?;
+                Ok(LockManager::from_parts(
+                    Arc::new(backend),
                     waiters,
                     self.prefix,
                     self.watchdog_lease,

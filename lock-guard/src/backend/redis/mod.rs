@@ -3,8 +3,10 @@
 
 mod conn;
 mod node;
+#[cfg(feature = "cluster")]
+pub(crate) use self::node::{fence_retention_arg, millis_arg, spawn_subscriber};
 mod replicas;
-mod scripts;
+pub(crate) mod scripts;
 mod subscriber;
 
 use std::fmt;

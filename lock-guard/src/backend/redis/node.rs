@@ -17,6 +17,41 @@ use crate::background;
 use crate::error::LockError;
 use crate::waiting::{Subscriptions, Waiters};
 
+/// Starts a subscriber task for release notifications on `client`'s server (in a cluster, any
+/// node: classic `PUBLISH` reaches every node), delivering to `waiters`; the returned handler asks
+/// it for subscriptions.
+pub(crate) fn spawn_subscriber(
+    client: redis::Client,
+    waiters: &Arc<Waiters>,
+    timeout: Duration,
+    counters: Arc<Counters>,
+) -> Box<dyn Subscriptions> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = SubscriberTask {
+        client,
+        waiters: Arc::downgrade(waiters),
+        rx,
+        timeout,
+        counters,
+    };
+    if !background::spawn(task.run()) {
+        tracing::warn!("no subscriber for release notifications; waiters retry at lease ends");
+    }
+    Box::new(Requests(tx))
+}
+
+#[cfg(feature = "cluster")]
+/// A lease (or a counter's lifetime) as a script argument: whole milliseconds, at least 1.
+pub(crate) fn millis_arg(d: Duration) -> String {
+    millis(d).to_string()
+}
+
+#[cfg(feature = "cluster")]
+/// How long a fencing counter lives after an acquisition with `lease`, as a script argument.
+pub(crate) fn fence_retention_arg(lease: Duration) -> String {
+    millis(lease + FENCE_RETENTION).to_string()
+}
+
 fn raise_fence_script() -> &'static Lua {
     static SCRIPT: OnceLock<Lua> = OnceLock::new();
     SCRIPT.get_or_init(|| Lua::new(include_str!("../../scripts/raise_fence.lua")))
@@ -42,18 +77,8 @@ impl RedisBackend {
             counters: counters.clone(),
             shown_url: config.shown_url,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = SubscriberTask {
-            client: config.client,
-            waiters: Arc::downgrade(waiters),
-            rx,
-            timeout: config.timeout,
-            counters,
-        };
-        if !background::spawn(task.run()) {
-            tracing::warn!("no subscriber for release notifications; waiters retry at lease ends");
-        }
-        Ok((backend, Box::new(Requests(tx))))
+        let subscriptions = spawn_subscriber(config.client, waiters, config.timeout, counters);
+        Ok((backend, subscriptions))
     }
 
     /// One `PING`: a wrong URL or password, or a server that is down, fails here.
