@@ -136,6 +136,36 @@ impl RedisServer {
         panic!("redis-server: no free port after {PORT_ATTEMPTS} attempts");
     }
 
+    /// Starts a plain server in cluster mode (`--cluster-enabled yes`, with `args` added) on a
+    /// free port whose cluster bus port (the port + 10000) is free too; its node is alone in its
+    /// cluster until met (see `RedisCluster`).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_cluster_node(args: &[&str]) -> RedisServer {
+        let mut extra = vec!["--cluster-enabled", "yes"];
+        extra.extend_from_slice(args);
+        let mut server = RedisServer {
+            options: ServerOptions::new(),
+            port: 0,
+            dir: TempDir::new(),
+            tls: None,
+            process: None,
+            generation: 0,
+            extra_args: extra.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        for _ in 0..PORT_ATTEMPTS * 10 {
+            let port = free_port();
+            let bus_free = port <= u16::MAX - 10_000
+                && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+            if bus_free && server.spawn(port).is_ok() {
+                return server;
+            }
+        }
+        panic!("redis-server: no free port pair for a cluster node");
+    }
+
     /// The port the server listens on (its TLS port for a TLS server).
     pub fn port(&self) -> u16 {
         self.port
@@ -354,7 +384,8 @@ impl RedisServer {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    async fn info(&self, section: &str) -> String {
+    /// `INFO <section>`.
+    pub async fn info(&self, section: &str) -> String {
         redis::cmd("INFO")
             .arg(section)
             .query_async(&mut self.connection().await)
@@ -532,7 +563,7 @@ fn free_port() -> u16 {
 }
 
 /// The value of `field:value` in an `INFO` reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+pub(crate) fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .map(str::trim)

@@ -66,24 +66,22 @@ impl ClusterBackend {
         config: ClusterConfig,
         waiters: &Arc<Waiters>,
     ) -> Result<ClusterBackend, LockError> {
-        let conn = match tokio::time::timeout(
-            config.timeout * 2,
-            config.client.get_async_connection(),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(LockError::backend(None, BackendError::Redis(e))),
-            Err(_) => {
-                return Err(LockError::backend(
-                    None,
-                    BackendError::Timeout {
-                        what: "cluster connect",
-                        timeout: config.timeout * 2,
-                    },
-                ));
-            }
-        };
+        let conn =
+            match tokio::time::timeout(config.timeout * 2, config.client.get_async_connection())
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(LockError::backend(None, BackendError::Redis(e))),
+                Err(_) => {
+                    return Err(LockError::backend(
+                        None,
+                        BackendError::Timeout {
+                            what: "cluster connect",
+                            timeout: config.timeout * 2,
+                        },
+                    ));
+                }
+            };
         let counters = Arc::new(Counters::default());
         let subscriptions = super::redis::spawn_subscriber(
             config.subscriber,
@@ -113,10 +111,17 @@ impl ClusterBackend {
         let counters = &self.counters;
         self.bounded(key, "script call", async move {
             counters.commands.fetch_add(1, Ordering::Relaxed);
-            match script.command(false, keys, args).query_async(&mut conn).await {
+            match script
+                .command(false, keys, args)
+                .query_async(&mut conn)
+                .await
+            {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     counters.commands.fetch_add(1, Ordering::Relaxed);
-                    script.command(true, keys, args).query_async(&mut conn).await
+                    script
+                        .command(true, keys, args)
+                        .query_async(&mut conn)
+                        .await
                 }
                 other => other,
             }
