@@ -116,8 +116,8 @@
 //!   URL's node (a classic `PUBLISH` reaches every node); sharded pub/sub is avoided because the
 //!   `redis` 1.8 cluster connection mistakes a failover's `sunsubscribe` push for a command reply. A
 //!   waiter whose notification is lost still retries when the holder's lease ends. The same
-//!   asynchronous-replication caveat applies per slot. Not supported yet on a cluster:
-//!   `wait_for_replicas`.
+//!   asynchronous-replication caveat applies per slot; `wait_for_replicas` works per slot (the
+//!   `WAIT` goes to the lock's master, pipelined with the script).
 //! - **Redlock** over N independent masters (3 or 5; not replicas of each other): every node is asked
 //!   at once, each within the command timeout; the lock is held when a majority granted it, valid
 //!   until `lease − elapsed − drift` counted from when the requests were sent (an acquisition whose

@@ -21,6 +21,8 @@ const SLOTS: u16 = 16384;
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Ports of the nodes killed with [`kill`](Self::kill): left out of [`settle`](Self::settle).
+    dead: Vec<u16>,
 }
 
 async fn query<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> T {
@@ -50,7 +52,10 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| RedisServer::start_cluster_node(&args))
             .collect();
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            dead: Vec::new(),
+        };
         let per = SLOTS / 3;
         for i in 0..3u16 {
             let (lo, hi) = (i * per, if i == 2 { SLOTS - 1 } else { (i + 1) * per - 1 });
@@ -109,7 +114,7 @@ impl RedisCluster {
     /// After 20 s.
     pub async fn settle(&self) {
         self.until("the cluster is ok and every replica in sync", async |c| {
-            for n in &c.nodes {
+            for n in c.nodes.iter().filter(|n| !c.dead.contains(&n.port())) {
                 let info: String =
                     query(&mut n.connection().await, redis::cmd("CLUSTER").arg("INFO")).await;
                 if info_field(&info, "cluster_state") != Some("ok")
@@ -118,6 +123,12 @@ impl RedisCluster {
                     return false;
                 }
                 let repl = n.info("replication").await;
+                // A master counts a replica for WAIT once it calls it online.
+                let attached =
+                    info_field(&repl, "connected_slaves").and_then(|c| c.parse::<usize>().ok());
+                if attached.is_some_and(|a| repl.matches("state=online").count() != a) {
+                    return false;
+                }
                 if info_field(&repl, "role") == Some("slave")
                     && (info_field(&repl, "master_link_status") != Some("up")
                         || info_field(&repl, "master_sync_in_progress") != Some("0"))
@@ -151,6 +162,11 @@ impl RedisCluster {
         }
     }
 
+    /// The nodes not killed.
+    fn alive(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| !self.dead.contains(&n.port()))
+    }
+
     async fn cluster_nodes(&self, node: &RedisServer) -> String {
         query(
             &mut node.connection().await,
@@ -182,7 +198,7 @@ impl RedisCluster {
     /// The slot of `key` (`CLUSTER KEYSLOT`).
     pub async fn slot(&self, key: &str) -> u16 {
         query(
-            &mut self.nodes[0].connection().await,
+            &mut self.alive().next().expect("a live node").connection().await,
             redis::cmd("CLUSTER").arg("KEYSLOT").arg(key),
         )
         .await
@@ -190,7 +206,8 @@ impl RedisCluster {
 
     /// The node serving `slot` as master now, by the first node's view.
     pub async fn master_of(&self, slot: u16) -> &RedisServer {
-        let nodes = self.cluster_nodes(&self.nodes[0]).await;
+        let first = self.alive().next().expect("a live node");
+        let nodes = self.cluster_nodes(first).await;
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 9 || !f[2].contains("master") {
@@ -218,7 +235,7 @@ impl RedisCluster {
 
     /// A replica of `master`.
     pub async fn replica_of(&self, master: &RedisServer) -> &RedisServer {
-        for n in &self.nodes {
+        for n in self.alive() {
             let repl = n.info("replication").await;
             if info_field(&repl, "role") == Some("slave")
                 && info_field(&repl, "master_port").and_then(|p| p.parse().ok())
@@ -245,10 +262,35 @@ impl RedisCluster {
         self.settle().await;
     }
 
+    /// Kills the node on `port` (SIGKILL, as a crash would); [`settle`](Self::settle) leaves it
+    /// out from now on.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            n.kill();
+            self.dead.push(port);
+        }
+    }
+
+    /// `CLUSTER FAILOVER TAKEOVER` on `replica`: it becomes master at once, without its master's
+    /// agreement or the other masters' votes (for a master that is dead or cut off); returns once
+    /// the cluster is settled.
+    pub async fn takeover(&self, replica: &RedisServer) {
+        let () = query(
+            &mut replica.connection().await,
+            redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER"),
+        )
+        .await;
+        self.until("the replica took over", async |_| {
+            info_field(&replica.info("replication").await, "role") == Some("master")
+        })
+        .await;
+        self.settle().await;
+    }
+
     /// `calls` of a command on every node, summed (from `INFO commandstats`).
     pub async fn command_calls(&self, name: &str) -> u64 {
         let mut total = 0;
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| !self.dead.contains(&n.port())) {
             total += n.command_calls().await.get(name).copied().unwrap_or(0);
         }
         total

@@ -207,7 +207,7 @@ impl RedisServer {
     }
 
     /// A plain server replicating `primary` (`--replicaof`), returned once its link to the primary
-    /// is up and the initial sync is done. Sets the primary's `repl-diskless-sync-delay` to 0, so
+    /// is up, the initial sync is done and the primary counts it as online. Sets the primary's `repl-diskless-sync-delay` to 0, so
     /// the sync starts at once.
     ///
     /// # Panics
@@ -229,8 +229,12 @@ impl RedisServer {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let info = replica.info("replication").await;
+            // The primary counts a replica for WAIT only once it calls it online (after the
+            // replica's first acknowledgement following the sync).
+            let online = format!("port={},state=online", replica.port());
             if info_field(&info, "master_link_status") == Some("up")
                 && info_field(&info, "master_sync_in_progress") == Some("0")
+                && primary.info("replication").await.contains(&online)
             {
                 return replica;
             }

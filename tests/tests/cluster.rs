@@ -266,3 +266,89 @@ async fn failover_under_load_keeps_exclusion_and_tokens() {
         g.release().await.unwrap();
     }
 }
+
+fn node(cluster: &RedisCluster, port: u16) -> &lock_guard_tests::RedisServer {
+    cluster.nodes().iter().find(|n| n.port() == port).unwrap()
+}
+
+/// A lossy failover: the replica of a key's master is cut off (SIGSTOP); with
+/// `wait_for_replicas(1, …)` acquisitions fail with NotReplicated and leave nothing; without it
+/// they succeed — and the replica misses them. The master is then killed (SIGKILL) and the stale
+/// replica takes over: its tokens still rise above every token the dead master issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_failover_not_replicated_and_tokens_still_rise() {
+    let mut cluster = RedisCluster::start().await;
+    let plain = cluster.manager().await;
+    let acked = LockManager::builder()
+        .cluster(cluster.urls())
+        .command_timeout(Duration::from_secs(1))
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    // A key whose master is not the subscriber's node, so that node stays up.
+    let mut k = 0;
+    let (master_port, replica_port) = loop {
+        let slot = cluster.slot(&plain.redis_key(&key(k))).await;
+        let master = cluster.master_of(slot).await;
+        if master.port() != cluster.nodes()[0].port() {
+            break (master.port(), cluster.replica_of(master).await.port());
+        }
+        k += 1;
+    };
+    let redis_key = plain.redis_key(&key(k));
+
+    // Replicated while the replica is live.
+    let g = acked
+        .lock(&key(k), LockOptions::new())
+        .await
+        .expect("acknowledged");
+    let mut last = g.fencing_token();
+    g.release().await.unwrap();
+
+    node(&cluster, replica_port).freeze();
+    let err = acked
+        .lock(&key(k), LockOptions::new())
+        .await
+        .expect_err("the replica is cut off");
+    assert!(
+        matches!(&err, LockError::NotReplicated { key, acked: 0, wanted: 1 } if *key == redis_key),
+        "{err:?}"
+    );
+    let held: Option<String> = redis::cmd("GET")
+        .arg(&redis_key)
+        .query_async(&mut node(&cluster, master_port).connection().await)
+        .await
+        .unwrap();
+    assert_eq!(held, None, "the unreplicated lock was kept");
+    // Without acknowledgement: granted, and lost with the master.
+    for _ in 0..5 {
+        let g = plain.lock(&key(k), LockOptions::new()).await.unwrap();
+        assert!(g.fencing_token() > last);
+        last = g.fencing_token();
+        g.release().await.unwrap();
+    }
+    cluster.kill(master_port);
+    node(&cluster, replica_port).thaw();
+    cluster.takeover(node(&cluster, replica_port)).await;
+
+    // The promoted replica never saw the last tokens; the first acquisition on it may meet a
+    // stale slot map and fail once while the client follows the move.
+    let start = Instant::now();
+    let g = loop {
+        match plain.lock(&key(k), LockOptions::new()).await {
+            Ok(g) => break g,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                eprintln!("after takeover: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no lock after the takeover: {e}"),
+        }
+    };
+    assert!(
+        g.fencing_token() > last,
+        "token {} after {last}: went backwards across the lossy failover",
+        g.fencing_token()
+    );
+    g.release().await.unwrap();
+}

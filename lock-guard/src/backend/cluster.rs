@@ -19,6 +19,9 @@
 //! (only releases of awaited locks publish). If the subscribed node goes away, waiters retry at the
 //! holder's lease end until it is back; a reconnect wakes every waiting head.
 //!
+//! **Replica acknowledgement.** With `wait_for_replicas`, the acquire script and `WAIT` go out as
+//! one pipeline routed to the master of the lock's slot, so `WAIT` counts that master's replicas.
+//!
 //! **Fencing across a failover.** Tokens are the larger of the slot's counter + 1 and the master's
 //! clock in microseconds (`TIME`). A promoted replica that missed the last acquisitions has a stale
 //! counter, but its clock has moved on by at least the failover's duration (the node timeout): the
@@ -31,7 +34,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::{ErrorKind, Pipeline, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 
 use super::redis::scripts::{Lua, scripts};
@@ -50,6 +54,8 @@ pub(crate) struct ClusterConfig {
     /// The URLs with passwords redacted, for `Debug`.
     pub(crate) shown_urls: Vec<String>,
     pub(crate) timeout: Duration,
+    /// `WAIT` for this many replicas, at most this long, after each acquisition.
+    pub(crate) replicas: Option<(u64, Duration)>,
 }
 
 pub(crate) struct ClusterBackend {
@@ -57,6 +63,7 @@ pub(crate) struct ClusterBackend {
     counters: Arc<Counters>,
     timeout: Duration,
     shown_urls: Vec<String>,
+    replicas: Option<(u64, Duration)>,
 }
 
 impl ClusterBackend {
@@ -95,6 +102,7 @@ impl ClusterBackend {
             counters,
             timeout: config.timeout,
             shown_urls: config.shown_urls,
+            replicas: config.replicas,
         })
     }
 
@@ -163,24 +171,44 @@ impl ClusterBackend {
             token: req.token,
             armed: true,
         };
+        let names = [&*keys.lock, keys.fence.as_str(), keys.queue.as_str()];
+        let args: [&[u8]; 6] = [
+            req.token.as_bytes(),
+            lease_ms.as_bytes(),
+            retention.as_bytes(),
+            if req.others_wait { b"w" } else { b"-" },
+            if req.head { b"h" } else { b"-" },
+            // Always: the client may resend it (see the module's docs).
+            b"r",
+        ];
         let sent = Instant::now();
-        let (taken, value): (i64, i64) = self
-            .eval(
-                &keys.lock,
-                &scripts().acquire,
-                &[&keys.lock, &keys.fence, &keys.queue],
-                &[
-                    req.token.as_bytes(),
-                    lease_ms.as_bytes(),
-                    retention.as_bytes(),
-                    if req.others_wait { b"w" } else { b"-" },
-                    if req.head { b"h" } else { b"-" },
-                    // Always: the client may resend it (see the module's docs).
-                    b"r",
-                ],
-            )
-            .await?;
+        let ((taken, value), acked) = match self.replicas {
+            None => (
+                self.eval(&keys.lock, &scripts().acquire, &names, &args)
+                    .await?,
+                None,
+            ),
+            Some((wanted, wait)) => {
+                let (reply, acked) = self
+                    .acquire_and_wait(keys, &names, &args, wanted, wait)
+                    .await?;
+                (reply, Some((acked, wanted)))
+            }
+        };
         fuse.armed = false;
+        if let (1, Some((acked, wanted))) = (taken, acked)
+            && acked < wanted
+        {
+            if let Err(e) = self.release_token(keys, req.token).await {
+                // The lease frees it.
+                tracing::warn!(key = %keys.lock, error = %e, "could not release an unreplicated lock");
+            }
+            return Err(LockError::NotReplicated {
+                key: keys.lock.to_string(),
+                acked,
+                wanted,
+            });
+        }
         if taken == 1 {
             let fence = u64::try_from(value).map_err(|_| {
                 LockError::backend(
@@ -198,6 +226,55 @@ impl ClusterBackend {
                 v => u64::try_from(v).ok().map(Duration::from_millis),
             }))
         }
+    }
+
+    /// The acquire script and `WAIT wanted wait` in one pipeline to the master of the lock's slot
+    /// (a `WAIT` routed on its own would go to every master and answer the minimum).
+    async fn acquire_and_wait(
+        &self,
+        keys: &Keys,
+        names: &[&str],
+        args: &[&[u8]],
+        wanted: u64,
+        wait: Duration,
+    ) -> Result<((i64, i64), u64), LockError> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let route =
+            SingleNodeRoutingInfo::SpecificNode(Route::with_key(&*keys.lock, SlotAddr::Master));
+        let pipeline = |eval: bool| {
+            let mut p = Pipeline::with_capacity(2);
+            p.add_command(scripts().acquire.command(eval, names, args));
+            p.cmd("WAIT").arg(wanted).arg(wait_ms);
+            p
+        };
+        let mut conn = self.conn.clone();
+        let counters = &self.counters;
+        let values = self
+            .bounded(&keys.lock, "acquire and WAIT", async move {
+                counters.commands.fetch_add(1, Ordering::Relaxed);
+                // The pipeline answers each command apart: a NOSCRIPT is in the first reply.
+                let values = conn
+                    .route_pipeline(pipeline(false), 0, 2, route.clone())
+                    .await?;
+                let noscript = matches!(
+                    values.first(),
+                    Some(redis::Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript)
+                );
+                if !noscript {
+                    return Ok(values);
+                }
+                counters.commands.fetch_add(1, Ordering::Relaxed);
+                conn.route_pipeline(pipeline(true), 0, 2, route).await
+            })
+            .await?;
+        let protocol =
+            |what: String| LockError::backend(Some(&keys.lock), BackendError::Protocol(what));
+        let [reply, acked]: [redis::Value; 2] = values
+            .try_into()
+            .map_err(|v: Vec<_>| protocol(format!("{} replies to acquire and WAIT", v.len())))?;
+        let reply = redis::from_redis_value(reply).map_err(|e| protocol(e.to_string()))?;
+        let acked: i64 = redis::from_redis_value(acked).map_err(|e| protocol(e.to_string()))?;
+        Ok((reply, u64::try_from(acked).unwrap_or(0)))
     }
 
     async fn release_token(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
@@ -235,6 +312,7 @@ impl Drop for Fuse<'_> {
             counters: self.backend.counters.clone(),
             timeout: self.backend.timeout,
             shown_urls: Vec::new(),
+            replicas: None,
         };
         let (keys, token) = (self.keys.clone(), self.token.to_owned());
         background::spawn(async move {

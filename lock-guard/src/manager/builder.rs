@@ -183,7 +183,8 @@ impl LockManagerBuilder {
     /// not close it: replication stays asynchronous, and a replica that did not acknowledge can
     /// still be promoted. `timeout` must be shorter than the command timeout; `WAIT` holds up
     /// the commands queued behind it on its connection for up to that long. For one server with
-    /// replicas (not Redlock, whose nodes are independent masters). Off by default.
+    /// replicas, or a cluster (the `WAIT` goes to the lock's master); not Redlock, whose nodes are
+    /// independent masters. Off by default.
     pub fn wait_for_replicas(mut self, replicas: u64, timeout: Duration) -> Self {
         self.replicas = (replicas > 0).then_some((replicas, timeout));
         self
@@ -311,6 +312,7 @@ impl LockManagerBuilder {
             subscriber: self.client(&urls[0])?,
             shown_urls: urls.iter().map(|u| redact_url(u)).collect(),
             timeout: self.command_timeout,
+            replicas: self.replicas,
         })
     }
 
@@ -347,11 +349,6 @@ impl LockManagerBuilder {
             }
             #[cfg(feature = "cluster")]
             Deployment::Cluster(urls) => {
-                if self.replicas.is_some() {
-                    return Err(LockError::config(
-                        "wait_for_replicas is not supported on a cluster yet",
-                    ));
-                }
                 let waiters = Arc::new(Waiters::new());
                 let backend = ClusterBackend::connect(self.cluster_config(urls)?, &waiters).await?;
                 Ok(LockManager::from_parts(
