@@ -391,3 +391,35 @@ async fn redlock_configuration_is_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("twice"), "{err}");
 }
+
+/// A manager starts with one of three nodes down (a majority answers), locks without it, and
+/// says what it is in `Debug`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_with_a_minority_down() {
+    let mut servers = servers(3);
+    servers[2].kill();
+    let locks = manager(&servers).await;
+    let shown = format!("{locks:?}");
+    assert!(
+        shown.contains("redlock") && shown.contains("quorum: 2"),
+        "{shown}"
+    );
+    let key = LockKey::new("redlock-start").part(1);
+    let g = locks
+        .lock(&key, LockOptions::new())
+        .await
+        .expect("two of three up");
+    g.release().await.unwrap();
+    // Two down: the build fails, naming no password and not hanging.
+    servers[1].kill();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let start = Instant::now();
+    let err = LockManager::builder()
+        .redlock(&urls)
+        .command_timeout(TIMEOUT)
+        .build()
+        .await
+        .expect_err("a majority is down");
+    assert!(err.is_backend(), "{err:?}");
+    assert!(start.elapsed() < TIMEOUT * 2 + Duration::from_millis(500));
+}
