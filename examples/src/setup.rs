@@ -182,20 +182,7 @@ impl ServerProcess {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`, exactly as the lock manager shows it.
 pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        _ => url.to_owned(),
-    }
+    lock_guard::redact_url(url)
 }

@@ -1,16 +1,16 @@
 //! The `#[concurrency_guard]` attribute of `lock-guard`: use it through
 //! `lock_guard::concurrency_guard`, whose documentation this is.
 //!
-//! The attribute parses its arguments (`attr.rs`) and the function's signature (`item.rs`, the
-//! body stays tokens), checks them (`validate.rs`) and generates the guarded body (`expand.rs`),
-//! which calls one `#[doc(hidden)]` function of the runtime, `lock_guard::__private::run`. On an
-//! error it emits the original function unchanged next to the `compile_error!`, so the rest of the
-//! crate still type-checks.
+//! The attribute only translates syntax (`translate/`): it parses its arguments (`attr.rs`) and the
+//! function's signature (`item.rs`, the body stays tokens), checks them (`validate.rs`) and
+//! generates the guarded body (`expand.rs`), which calls one `#[doc(hidden)]` function of the
+//! runtime, `lock_guard::__private::run`. Every default belongs to the runtime. On an error it
+//! emits the original function unchanged next to the `compile_error!`, so the rest of the crate
+//! still type-checks.
 
-mod attr;
-mod expand;
-mod item;
-mod validate;
+#[cfg(test)]
+mod tests;
+mod translate;
 
 use proc_macro::TokenStream;
 
@@ -55,6 +55,7 @@ use proc_macro::TokenStream;
 /// | `timeout = 2s` | the body's deadline, counted from the acquisition; at the deadline the body is dropped (an open transaction rolls back) and the call returns `LockError::Deadline`. Must be shorter than a fixed lease | two thirds of a fixed lease; none with `watchdog` |
 /// | `key = <expr>` | the key's parts instead of the first argument (see below) | the first argument that is not `self` |
 /// | `locks = <expr>` | the `LockManager` to use: `self.locks`, `&state.locks`, any `M: AsRef<LockManager>` | the process default, `lock_guard::set_default` |
+/// | `crate = "path"` | where the `lock_guard` crate is, for a renamed dependency (`crate = "locks"`) or a re-export (`crate = "crate::locks"`); also without quotes | `::lock_guard` |
 ///
 /// Durations are literals with a unit: `250ms`, `5s`, `1.5s`, `2m` or `2min` (millisecond
 /// precision), or any expression of type `std::time::Duration`, such as a `const`. With a fixed
@@ -82,7 +83,9 @@ use proc_macro::TokenStream;
 /// body runs and is borrowed, so it may use arguments that the body then moves:
 ///
 /// * `key = order.id` — one part;
-/// * `key = (tenant, order.id)` — several parts, in order: `lock:{invoice:acme:17}`;
+/// * `key = (tenant, order.id)` — several parts, in order: `lock:{invoice:acme:17}`; a value of
+///   tuple type (`key = pair`, or a first argument `pair: (u32, &str)`) does the same, one part per
+///   element (up to six);
 /// * `key = lock_guard::unordered(&a, &b)` — two parts in sorted order, so that `like(7, 9)` and
 ///   `like(9, 7)` take the same lock (for symmetric relations: two users liking each other, a
 ///   transfer between two accounts).
@@ -127,14 +130,14 @@ use proc_macro::TokenStream;
 ///
 /// ```text
 /// pub async fn add_keyword(user: UserId, word: String, db: &Db) -> Result<Keyword, AppError> {
-///     let __lock_guard_key = ::lock_guard::__private::part(
-///         ::lock_guard::__private::key("keyword"),
-///         &user,
-///     );
+///     let mut __lock_guard_key = ::lock_guard::__private::key("keyword");
+///     ::lock_guard::__private::part(&user).push_to(&mut __lock_guard_key);
 ///     ::lock_guard::__private::run(
 ///             ::lock_guard::__private::default_locks(),
 ///             __lock_guard_key,
-///             ::lock_guard::__private::options(5000).lease_ms(3000),
+///             ::lock_guard::LockOptions::new()
+///                 .wait(::core::time::Duration::from_millis(5000))
+///                 .lease(::core::time::Duration::from_millis(3000)),
 ///             async move {
 ///                 if false {
 ///                     let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();
@@ -151,11 +154,13 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
+/// The options are `LockOptions::new()` and the arguments written, nothing else: the defaults are
+/// the runtime's. `part(&value)` appends a key value's parts (one per element of a tuple).
 /// `default_locks()` is "the process default manager, at call time" (`locks = self.locks` gives
 /// `let __lock_guard_locks = ::lock_guard::__private::locks(&self.locks);` before the body). The
 /// `if false` block never runs: it gives `return` and `?` in the body the function's return type.
 /// Injected names cannot clash with the function's own.
 #[proc_macro_attribute]
 pub fn concurrency_guard(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::concurrency_guard(args.into(), item.into()).into()
+    translate::concurrency_guard(args.into(), item.into()).into()
 }

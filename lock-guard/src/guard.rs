@@ -147,15 +147,19 @@ impl LockGuard {
     /// Releases the lock now. `Ok(true)` when released, `Ok(false)` when it was no longer ours
     /// (its lease ran out and perhaps someone else took it; a warning is logged).
     ///
-    /// If this future is dropped before the release completes, the release is finished in the
-    /// background: the lock is never left held for the rest of its lease by a cancelled release.
+    /// A release that does not complete — this future dropped, or an error such as a command
+    /// timeout, after which Redis may or may not have run it — is finished in the background,
+    /// retried until it succeeds or the lease is over: the lock is never left held for the rest of
+    /// its lease by a release that went astray.
     pub async fn release(mut self) -> Result<bool, LockError> {
         let r = match &self.held {
             Some(h) => release(h).await,
             None => return Ok(false),
         };
-        // Done: nothing left for `Drop` to release.
-        self.held = None;
+        if r.is_ok() {
+            // Done: nothing left for `Drop` to release.
+            self.held = None;
+        }
         r
     }
 
@@ -187,16 +191,28 @@ impl Drop for LockGuard {
         let Some(h) = self.held.take() else {
             return;
         };
-        // Dropped while held: the caller gave up the future, the body panicked, or a release in
-        // flight was cancelled (sending it again is harmless: it is owner-checked).
+        // Dropped while held: the caller gave up the future, the body panicked, or a release did
+        // not complete (sending it again is harmless: it is owner-checked).
         let key = h.keys.lock.clone();
+        // Nothing renews the lease any more: by then it has freed the lock anyway.
+        let give_up = Instant::now() + h.lease;
         let spawned = background::spawn(async move {
-            match h.backend.release(&h.keys, h.token.as_str()).await {
-                Ok(released) => {
-                    tracing::debug!(key = %h.keys.lock, released, "dropped guard released")
-                }
-                Err(e) => {
-                    tracing::warn!(key = %h.keys.lock, error = %e, "release of a dropped guard failed; the lease will free the lock")
+            let mut pause = Duration::from_millis(10);
+            loop {
+                match h.backend.release(&h.keys, h.token.as_str()).await {
+                    Ok(released) => {
+                        tracing::debug!(key = %h.keys.lock, released, "released in the background");
+                        return;
+                    }
+                    Err(e) if Instant::now() + pause >= give_up => {
+                        tracing::warn!(key = %h.keys.lock, error = %e, "release failed; the lease will free the lock");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(key = %h.keys.lock, error = %e, "release failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
         });

@@ -1,4 +1,4 @@
-//! Lock keys: a name and parts, percent-escaped into one Redis Cluster hash tag (S3, S4).
+//! Lock keys: a name and parts, percent-escaped into one Redis Cluster hash tag.
 
 use std::fmt::{self, Display, Write as _};
 
@@ -86,7 +86,8 @@ impl fmt::Write for Escaper<'_> {
 }
 
 /// Something that contributes the parts of a lock key: any [`Display`] value (one part), or an
-/// [`Unordered`] pair (two parts in sorted order).
+/// [`Unordered`] pair (two parts in sorted order). The attribute also takes a tuple of these as one
+/// key value, one part per element.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a lock key: it does not implement `Display`",
     label = "this argument becomes the lock key",
@@ -134,6 +135,36 @@ impl<A: Display> KeyParts for Unordered<A> {
     }
 }
 
+/// A tuple used as one key value (`key = pair` with `pair: (u32, &str)`, or a first argument of
+/// tuple type): one part per element, in order, as if written `key = (pair.0, pair.1)`. Implemented
+/// for tuples of one to six [`KeyParts`].
+///
+/// Not a [`KeyParts`] impl: `KeyParts` covers every [`Display`] type, and Rust's coherence rules
+/// refuse a second impl for tuples beside that one (the standard library may implement `Display`
+/// for tuples some day). The attribute's expansion picks this trait for a tuple and `KeyParts` for
+/// anything else (see `__private::Part`).
+pub trait TupleParts {
+    /// Appends one part per element to `key`.
+    fn push_parts(&self, key: &mut LockKey);
+}
+
+macro_rules! tuple_parts {
+    ($($element:ident . $index:tt),+) => {
+        impl<$($element: KeyParts),+> TupleParts for ($($element,)+) {
+            fn push_parts(&self, key: &mut LockKey) {
+                $(self.$index.push_parts(key);)+
+            }
+        }
+    };
+}
+
+tuple_parts!(A.0);
+tuple_parts!(A.0, B.1);
+tuple_parts!(A.0, B.1, C.2);
+tuple_parts!(A.0, B.1, C.2, D.3);
+tuple_parts!(A.0, B.1, C.2, D.3, E.4);
+tuple_parts!(A.0, B.1, C.2, D.3, E.4, F.5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +183,32 @@ mod tests {
         );
         assert_ne!(LockKey::new("a:b"), LockKey::new("a").part("b"));
         assert_ne!(LockKey::new("a"), LockKey::new("a").part(""));
+    }
+
+    fn of_tuple(tuple: &impl TupleParts) -> LockKey {
+        let mut key = LockKey::new("t");
+        tuple.push_parts(&mut key);
+        key
+    }
+
+    #[test]
+    fn a_tuple_gives_one_part_per_element() {
+        assert_eq!(of_tuple(&(7,)), LockKey::new("t").part(7));
+        assert_eq!(of_tuple(&(7, "x")), LockKey::new("t").part(7).part("x"));
+        let six = of_tuple(&(1, "b:c", '3', 4.5, String::from("{e}"), &6u8));
+        assert_eq!(six.as_str(), "t:1:b%3Ac:3:4.5:%7Be%7D:6");
+        let parts = ["1", "b:c", "3", "4.5", "{e}", "6"];
+        assert_eq!(six, parts.iter().fold(LockKey::new("t"), |k, p| k.part(p)));
+    }
+
+    #[test]
+    fn tuple_elements_are_key_parts() {
+        // an `Unordered` element gives its two parts in sorted order
+        assert_eq!(
+            of_tuple(&("acme", unordered(9, 7))),
+            LockKey::new("t").part("acme").part(7).part(9)
+        );
+        // a tuple is not one `Display` part: its parts stay apart
+        assert_ne!(of_tuple(&("a", "b")), LockKey::new("t").part("a:b"));
     }
 }

@@ -54,19 +54,33 @@
 //! - **Deadline**: the body runs until the earlier of `timeout` after acquisition and the lease's
 //!   validity (`lease − (1 % of lease + 2 ms)`, from when the acquire request was sent), on a
 //!   monotonic clock. At the deadline the body's future is dropped and the call returns
-//!   [`LockError::Deadline`]; the lock is released after.
+//!   [`LockError::Deadline`]; the lock is released after. The clock is read before every poll, so
+//!   a body is never polled past its deadline — not even its first poll when the acquisition's
+//!   reply came back too late, nor when a frozen process wakes with the body and the timer both
+//!   ready.
 //! - **Waiting** without polling: one subscriber connection per manager; within a process, waiters
 //!   queue per key in arrival order and only the head asks Redis; across processes, a release hands
-//!   the lock to the process that has waited longest.
+//!   the lock to the process that has waited longest. A call returns within `wait` plus one command
+//!   timeout, whatever Redis does.
 //! - **Watchdog** (`lease = watchdog`): the lock is renewed every third of the manager's watchdog
-//!   lease while the body runs; a renewal that finds it gone drops the body with [`LockError::Lost`].
+//!   lease while the body runs; a renewal that finds it gone drops the body with [`LockError::Lost`],
+//!   and so does the validity of the last renewal Redis confirmed running out (a renewal still in
+//!   flight does not count).
+//! - **Fencing tokens** rise with every acquisition of a key, across restarts and failovers: each is
+//!   above both the stored counter and the server clock in microseconds.
 //! - **Reentrancy**: a guarded call nested in a guarded body, in the same task, on the same manager
-//!   and key, runs at once. A spawned task is a different owner.
+//!   and key, runs at once, under the earlier of its own deadline and the enclosing one. Two nested
+//!   bodies driven together (`join!`) take turns. A spawned task is a different owner.
 //! - **Cancellation and panics**: a dropped waiter leaves its queue; a dropped holder or a panicking
-//!   body releases the lock from a spawned task at once, not at the lease's end.
+//!   body releases the lock at once, not at the lease's end. A release that is cancelled or times
+//!   out is finished in the background; an acquisition abandoned while its request was in flight
+//!   is released on the same connection, so the release cannot overtake it. This work runs on a
+//!   small runtime of the library's own, so it neither needs nor dies with the caller's runtime.
 //! - **Bounded failures**: every Redis command has a timeout ([`LockManagerBuilder::command_timeout`]);
 //!   a Redis that is down or paused gives [`LockError::Backend`], never a hang. Passwords never appear
 //!   in `Debug`, `Display` or logs.
+//!
+//! RELIABILITY.md (in the repository) lists every fault the test suite injects and what holds.
 //!
 //! # Redis layout
 //!
@@ -75,7 +89,7 @@
 //! | key | holds |
 //! |---|---|
 //! | `lock:{keyword:42}` | the owner's random 128-bit token (`+` appended once somebody waits), expiring with the lease |
-//! | `lock:{keyword:42}:fence` | the last fencing token, living 60 s from when it was seeded |
+//! | `lock:{keyword:42}:fence` | the last fencing token, living 60 s (plus the lease) after the last acquisition |
 //! | `lock:{keyword:42}:queue` | while processes wait: one entry per waiting process, oldest first |
 //! | `lock:{keyword:42}:released` | (a pub/sub channel) a message on each release somebody waited for |
 //!
@@ -163,7 +177,9 @@ pub use context::fencing_token;
 pub use error::{BackendError, LockError};
 pub use guard::LockGuard;
 pub use key::{KeyParts, LockKey, Unordered, unordered};
-pub use manager::{LockManager, LockManagerBuilder, Metrics, default_manager, set_default};
+pub use manager::{
+    LockManager, LockManagerBuilder, Metrics, default_manager, redact_url, set_default,
+};
 pub use options::{Lease, LockOptions};
 
 pub use deadpool_redis;

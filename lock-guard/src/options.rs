@@ -19,8 +19,8 @@ pub enum Lease {
 
 /// Options of one acquisition: `wait`, `lease`, `timeout`.
 ///
-/// The defaults are those of the attribute: `wait = 5s`, `lease = 3s`, `timeout` two thirds of the
-/// lease.
+/// The defaults — the attribute's too, which passes only what it was given — are `wait = 5s`,
+/// `lease = 3s`, `timeout` two thirds of a fixed lease.
 ///
 /// ```
 /// use std::time::Duration;
@@ -75,18 +75,6 @@ impl LockOptions {
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
-    }
-
-    /// [`lease`](Self::lease) in milliseconds, for the attribute's expansion.
-    #[doc(hidden)]
-    pub const fn lease_ms(self, ms: u64) -> Self {
-        self.lease(Duration::from_millis(ms))
-    }
-
-    /// [`timeout`](Self::timeout) in milliseconds, for the attribute's expansion.
-    #[doc(hidden)]
-    pub const fn timeout_ms(self, ms: u64) -> Self {
-        self.timeout(Duration::from_millis(ms))
     }
 
     /// The longest time to wait for the lock.

@@ -1,9 +1,12 @@
 //! What `#[concurrency_guard]` expands to. Not public API: names and signatures may change in any
-//! release.
+//! release. An expansion names the functions and types here, and `LockOptions` from the public API;
+//! this module exports nothing else.
 
 use std::future::Future;
+use std::ops::Deref;
 
-pub use crate::{KeyParts, LockError, LockKey, LockManager, LockOptions};
+use crate::key::TupleParts;
+use crate::{KeyParts, LockError, LockKey, LockManager, LockOptions};
 
 /// A key with the lock's name.
 #[inline]
@@ -11,11 +14,52 @@ pub fn key(name: &str) -> LockKey {
     LockKey::new(name)
 }
 
-/// Appends the parts of one key argument.
+/// One key value: the expansion writes `part(&value).push_to(&mut key)`.
+///
+/// A tuple gives one part per element, anything else the parts of its [`KeyParts`] impl. No single
+/// trait can hold both (see `TupleParts` in key.rs), so the choice is made by method lookup at the call
+/// site: `push_to` is first looked up on [`Part`], whose method exists only for tuples, then, through
+/// `Deref`, on [`Whole`], whose method takes any `KeyParts` — and reports a value that is neither
+/// with `KeyParts`' message, on the value.
 #[inline]
-pub fn part<K: KeyParts + ?Sized>(mut key: LockKey, part: &K) -> LockKey {
-    part.push_parts(&mut key);
-    key
+pub fn part<T: ?Sized>(value: &T) -> Part<'_, T> {
+    Part(Whole(value))
+}
+
+/// A key value, as [`part`] returns it: a tuple's `push_to`.
+#[derive(Debug)]
+pub struct Part<'a, T: ?Sized>(Whole<'a, T>);
+
+/// A key value that is not a tuple: `KeyParts`' `push_to`.
+#[derive(Debug)]
+pub struct Whole<'a, T: ?Sized>(&'a T);
+
+impl<T: TupleParts> Part<'_, T> {
+    /// Appends one part per element of the tuple.
+    #[inline]
+    pub fn push_to(&self, key: &mut LockKey) {
+        self.0.0.push_parts(key);
+    }
+}
+
+impl<'a, T: ?Sized> Deref for Part<'a, T> {
+    type Target = Whole<'a, T>;
+
+    fn deref(&self) -> &Whole<'a, T> {
+        &self.0
+    }
+}
+
+impl<T: ?Sized> Whole<'_, T> {
+    /// Appends the value's parts. The bound is on the method, not the impl, so that a value without
+    /// `KeyParts` still finds this method and fails on the bound, with `KeyParts`' message.
+    #[inline]
+    pub fn push_to(&self, key: &mut LockKey)
+    where
+        T: KeyParts,
+    {
+        self.0.push_parts(key);
+    }
 }
 
 /// The manager of `locks = <expr>`, taken before the body moves `self` away.
@@ -28,13 +72,6 @@ pub fn locks<M: AsRef<LockManager> + ?Sized>(m: &M) -> Option<LockManager> {
 #[inline]
 pub fn default_locks() -> Option<LockManager> {
     None
-}
-
-/// The attribute's options: `options(wait_ms).lease_ms(ms)` or `.watchdog()`, then
-/// `.timeout_ms(ms)`.
-#[inline]
-pub const fn options(wait_ms: u64) -> LockOptions {
-    LockOptions::new().wait(std::time::Duration::from_millis(wait_ms))
 }
 
 /// The closure form, as the attribute calls it: `locks` or else the default manager.
@@ -55,9 +92,8 @@ where
     manager.run(&key, options, body).await
 }
 
-// ---- macro support ----
-
-/// The error type of a guarded function: a lock failure must convert into it (S5).
+/// The error type of a guarded function: a lock failure must convert into it, so that it can come
+/// back as the function's own error.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot carry a lock failure: it does not implement `From<lock_guard::LockError>`",
     label = "the error type of a #[concurrency_guard] function must convert from `lock_guard::LockError`",

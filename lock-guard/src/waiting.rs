@@ -18,16 +18,21 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::HANDOVER;
 use crate::error::LockError;
+
+/// How long a released lock stays reserved for the oldest waiting process (`claim:<token>`):
+/// long enough for a live process to hear of it and take it, short enough that a process that
+/// died meanwhile delays the others only briefly.
+pub(crate) const HANDOVER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a backend that needs a subscription for release notifications (Redis pub/sub) hears which
 /// keys have waiters. Both calls are made under the queue's lock, so the requests leave in the
 /// order the queues changed.
 pub(crate) trait Subscriptions: Send + Sync {
     /// A key's queue needs notifications (its head's try failed). The receiver answers once the
-    /// subscription is confirmed, so a release after that is not missed.
-    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<(), LockError>>;
+    /// subscription is confirmed, with the instant since which it has been in place: a release
+    /// after that is not missed.
+    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<Instant, LockError>>;
     /// The key's queue is gone: its subscription may go (after a grace period, at the backend's
     /// discretion).
     fn unsubscribe(&self, channel: &Arc<str>);
@@ -152,9 +157,20 @@ impl Waiters {
     /// handed the lock to a waiting process names its token (`to`): any other head only re-arms
     /// its timer for the end of that reservation, in case the process it went to is gone.
     pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
-        if let Some(q) = self.map(channel).get_mut(channel)
-            && let Some(head) = q.waiters.front()
+        let mut map = self.map(channel);
+        let Some(q) = map.get_mut(channel) else {
+            return;
+        };
+        // Named but not the head (callers arriving together each registered on their first try):
+        // the lock is reserved for it, so it goes first.
+        if !to.is_empty()
+            && let Some(i) = q.waiters.iter().position(|w| w.token.as_slice() == to)
+            && i > 0
+            && let Some(named) = q.waiters.remove(i)
         {
+            q.waiters.push_front(named);
+        }
+        if let Some(head) = q.waiters.front() {
             if to.is_empty()
                 || to == head.token.as_slice()
                 || !head.registered.load(Ordering::Acquire)
@@ -163,8 +179,9 @@ impl Waiters {
                 // now, which registers it, so it is not skipped by the next hand-overs.
                 head.wake(true);
             } else {
+                // Reserved for another process: if that one is gone, try when the reservation
+                // ends. The head reads this when its timer next looks; no need to wake it now.
                 q.retry_at = Some(Instant::now() + HANDOVER);
-                head.wake(false);
             }
         }
     }
@@ -245,7 +262,10 @@ impl Place {
     /// `None` when the queue asked already; else `Some` of the confirmation to wait for (`None`
     /// inside when the backend needs no subscription), after which the head tries once more, so a
     /// release in between is not missed.
-    pub(crate) fn subscribe(&self) -> Option<Option<oneshot::Receiver<Result<(), LockError>>>> {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn subscribe(
+        &self,
+    ) -> Option<Option<oneshot::Receiver<Result<Instant, LockError>>>> {
         let mut map = self.waiters.map(&self.channel);
         let q = map.get_mut(&self.channel)?;
         if q.subscribed {

@@ -12,14 +12,14 @@ pub async fn create_invoice(
     state: &AppState,
 ) -> Result<u64, LockError> {
     let __lock_guard_locks = ::lock_guard::__private::locks(&&state.locks);
-    let __lock_guard_key = ::lock_guard::__private::part(
-        ::lock_guard::__private::part(::lock_guard::__private::key("invoice"), &tenant),
-        &event.id,
-    );
+    let mut __lock_guard_key = ::lock_guard::__private::key("invoice");
+    ::lock_guard::__private::part(&tenant).push_to(&mut __lock_guard_key);
+    ::lock_guard::__private::part(&event.id).push_to(&mut __lock_guard_key);
     ::lock_guard::__private::run(
             __lock_guard_locks,
             __lock_guard_key,
-            ::lock_guard::__private::options(5000).lease_ms(3000).timeout_ms(2000),
+            ::lock_guard::LockOptions::new()
+                .timeout(::core::time::Duration::from_millis(2000)),
             async move {
                 if false {
                     let __lock_guard_return: Result<u64, LockError> = ::lock_guard::__private::fake_return();

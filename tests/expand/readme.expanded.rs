@@ -19,14 +19,14 @@ pub async fn add_keyword(
     word: String,
     db: &Db,
 ) -> Result<Keyword, AppError> {
-    let __lock_guard_key = ::lock_guard::__private::part(
-        ::lock_guard::__private::key("keyword"),
-        &user,
-    );
+    let mut __lock_guard_key = ::lock_guard::__private::key("keyword");
+    ::lock_guard::__private::part(&user).push_to(&mut __lock_guard_key);
     ::lock_guard::__private::run(
             ::lock_guard::__private::default_locks(),
             __lock_guard_key,
-            ::lock_guard::__private::options(5000).lease_ms(3000),
+            ::lock_guard::LockOptions::new()
+                .wait(::core::time::Duration::from_millis(5000))
+                .lease(::core::time::Duration::from_millis(3000)),
             async move {
                 if false {
                     let __lock_guard_return: Result<Keyword, AppError> = ::lock_guard::__private::fake_return();

@@ -9,14 +9,12 @@ impl Account {
     /// Closes the account.
     pub async fn close(self) -> Result<i64, LockError> {
         let __lock_guard_locks = ::lock_guard::__private::locks(&self.locks);
-        let __lock_guard_key = ::lock_guard::__private::part(
-            ::lock_guard::__private::key("account"),
-            &self.id,
-        );
+        let mut __lock_guard_key = ::lock_guard::__private::key("account");
+        ::lock_guard::__private::part(&self.id).push_to(&mut __lock_guard_key);
         ::lock_guard::__private::run(
                 __lock_guard_locks,
                 __lock_guard_key,
-                ::lock_guard::__private::options(5000).lease_ms(3000),
+                ::lock_guard::LockOptions::new(),
                 async move {
                     if false {
                         let __lock_guard_return: Result<i64, LockError> = ::lock_guard::__private::fake_return();

@@ -10,14 +10,15 @@ impl Exporter {
         job: u64,
     ) -> Result<impl Iterator<Item = u64>, LockError> {
         let __lock_guard_locks = ::lock_guard::__private::locks(&self.locks);
-        let __lock_guard_key = ::lock_guard::__private::part(
-            ::lock_guard::__private::key("export"),
-            &job,
-        );
+        let mut __lock_guard_key = ::lock_guard::__private::key("export");
+        ::lock_guard::__private::part(&job).push_to(&mut __lock_guard_key);
         ::lock_guard::__private::run(
                 __lock_guard_locks,
                 __lock_guard_key,
-                ::lock_guard::__private::options(0).watchdog().timeout_ms(120000),
+                ::lock_guard::LockOptions::new()
+                    .wait(::core::time::Duration::from_millis(0))
+                    .watchdog()
+                    .timeout(::core::time::Duration::from_millis(120000)),
                 async move {
                     if false {
                         let __lock_guard_return: Result<_, LockError> = ::lock_guard::__private::fake_return();

@@ -1,4 +1,4 @@
-//! Capturing what the library emits through `tracing`, to check event contents (S9, S15).
+//! Capturing what the library emits through `tracing`, to check event contents.
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};

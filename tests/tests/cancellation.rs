@@ -1,4 +1,4 @@
-//! Cancellation and panics (S14): a dropped holder or a panicking body frees the lock within a
+//! Cancellation and panics: a dropped holder or a panicking body frees the lock within a
 //! round trip, not at the lease end; a dropped waiter gives up its subscription and queue place.
 
 use std::time::Duration;

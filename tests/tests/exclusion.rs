@@ -1,4 +1,4 @@
-//! Mutual exclusion (S8, S9, S12): many tasks on two service instances, one key, one holder at a
+//! Mutual exclusion: many tasks on two service instances, one key, one holder at a
 //! time, and a non-atomic read-modify-write that stays exact.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};

@@ -1,4 +1,4 @@
-//! Backend failures (S15): a Redis that is down, paused or unreachable yields `Backend` within the
+//! Backend failures: a Redis that is down, paused or unreachable yields `Backend` within the
 //! command timeout — never a hang — and an exhausted pool yields an error, not a deadlock.
 
 use std::time::Duration;
@@ -257,7 +257,7 @@ async fn waiter_on_a_dying_redis_ends_in_time() {
     eprintln!("waiter on a dying redis: {result:?} after {took:?}");
     let err = result.expect_err("no lock from a dead redis");
     assert!(err.is_backend() || err.is_not_acquired(), "{err:?}");
-    // S15: `wait` + one command timeout, plus scheduling.
+    // `wait` + one command timeout, plus scheduling.
     assert!(
         took <= wait + COMMAND_TIMEOUT + SCHEDULING,
         "ended only after {took:?} (wait {wait:?} + command timeout {COMMAND_TIMEOUT:?})"
@@ -269,9 +269,10 @@ async fn waiter_on_a_dying_redis_ends_in_time() {
     .await;
 }
 
-/// Nothing listens on the port (or the URL is malformed): `Backend` from the builder, quickly.
+/// Nothing listens on the port: `Backend` from the builder, quickly. A URL that cannot work is a
+/// `Config` error, before anything is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_or_malformed_urls_give_backend_errors() {
+async fn unreachable_urls_give_backend_errors_malformed_ones_config_errors() {
     let port = {
         let mut server = RedisServer::start();
         server.kill();
@@ -291,10 +292,13 @@ async fn unreachable_or_malformed_urls_give_backend_errors() {
         None,
         "a connection failure concerns no lock: {err}"
     );
-    backend_error("a malformed url", LockManager::redis("not a url")).await;
-    backend_error(
-        "an unknown scheme",
-        LockManager::redis("http://127.0.0.1:1"),
-    )
-    .await;
+    for url in [
+        "not a url",
+        "http://127.0.0.1:1",
+        "redis://alice:secret@[::1",
+    ] {
+        let err = LockManager::redis(url).await.expect_err(url);
+        assert!(matches!(err, LockError::Config { .. }), "{url}: {err:?}");
+        assert!(!err.to_string().contains("secret"), "{url}: {err}");
+    }
 }

@@ -1,4 +1,4 @@
-//! Faults of a lock holder's process (S7, S11): frozen with `SIGSTOP` past its lease, or killed
+//! Faults of a lock holder's process: frozen with `SIGSTOP` past its lease, or killed
 //! with `SIGKILL`. The holders are real OS processes (`lock_worker`); "the database" is a fenced
 //! store on a second `redis-server`.
 
@@ -44,7 +44,7 @@ async fn take_over_and_write(server: &RedisServer, store: &FencedStore, key: &st
 /// A holder inside `run` (lease 600 ms, deadline 400 ms) is frozen with SIGSTOP 100 ms into a
 /// body that sleeps 300 ms and then writes; it stays frozen 1.5 s while another instance takes the
 /// lock and writes; then SIGCONT. Its body's sleep and its deadline are both over when it wakes:
-/// the body must not be polled again (S7), so it never announces the write.
+/// the body must not be polled again, so it never announces the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_holder_does_not_write_after_its_deadline() {
     let (server, store_server) = (RedisServer::start(), RedisServer::start());

@@ -1,4 +1,4 @@
-//! Network faults through a TCP proxy between the managers and Redis (S14, S15): latency, one
+//! Network faults through a TCP proxy between the managers and Redis: latency, one
 //! direction stalled past the command timeout, connections cut mid-command, a release cancelled
 //! in flight, and a manager whose runtime is gone. A reply can arrive after the caller gave up:
 //! the lock is never left held by nobody for the rest of its lease, two holders never coexist,
@@ -321,5 +321,59 @@ fn manager_outlives_the_runtime_that_built_it() {
             took <= COMMAND_TIMEOUT + EPSILON,
             "not bounded by the command timeout: {took:?}"
         );
+    });
+}
+
+/// The runtime that built a manager (and ran its subscriber) is gone; a waiter on another runtime
+/// is still woken by the release, not by the holder's lease end: the subscriber starts again where
+/// it is needed.
+#[test]
+fn release_notifications_survive_the_runtime_that_built_the_manager() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let locks = first.block_on(async { LockManager::redis(&url).await.unwrap() });
+    drop(first);
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let holder = server.manager().await;
+        for round in 0..3 {
+            let key = LockKey::new("runtime").part(round);
+            let held = holder
+                .lock(&key, LockOptions::new().lease(LEASE))
+                .await
+                .unwrap();
+            let waiter = tokio::spawn({
+                let (locks, key) = (locks.clone(), key.clone());
+                async move {
+                    let guard = locks
+                        .lock(&key, LockOptions::new().wait(Duration::from_secs(5)))
+                        .await;
+                    (Instant::now(), guard.map(drop))
+                }
+            });
+            eventually(Duration::from_secs(5), "the waiter queued", || async {
+                locks.metrics().waiters == 1
+            })
+            .await;
+            // Past the waiter's subscription and confirming try.
+            sleep(Duration::from_millis(100)).await;
+            let released_at = Instant::now();
+            held.release().await.unwrap();
+            let (acquired_at, result) = waiter.await.unwrap();
+            result.expect("the waiter gets the lock");
+            let took = acquired_at - released_at;
+            eprintln!(
+                "runtime gone, round {round}: the waiter took the lock {took:?} after the release"
+            );
+            assert!(
+                took < Duration::from_millis(200),
+                "woken only after {took:?}, not by the release"
+            );
+        }
     });
 }

@@ -1,4 +1,4 @@
-//! Faults of the Redis server itself (S7, S9, S14, S15): `CLIENT PAUSE … ALL|WRITE` during an
+//! Faults of the Redis server itself: `CLIENT PAUSE … ALL|WRITE` during an
 //! acquisition, a fixed-lease body and a release; a restart that empties it; `CLIENT KILL` of the
 //! subscriber and of command connections, and `SCRIPT FLUSH`, under load. Stalls during watchdog
 //! renewals are in watchdog.rs, restarts from an older snapshot in fencing.rs.

@@ -1,4 +1,4 @@
-//! Fencing tokens (S11): strictly increasing per key, across instances and across a Redis restart
+//! Fencing tokens: strictly increasing per key, across instances and across a Redis restart
 //! that loses the counter; the counter key expires (bounded memory).
 
 use std::time::Duration;

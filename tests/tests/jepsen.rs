@@ -1,4 +1,4 @@
-//! A Jepsen-style run (S7, S11, S14): several worker OS processes × tasks take a handful of keys
+//! A Jepsen-style run: several worker OS processes × tasks take a handful of keys
 //! while a nemesis freezes (SIGSTOP/SIGCONT), kills and restarts workers, and stalls
 //! (`CLIENT PAUSE`) or restarts Redis at random. Every critical section goes through the fenced
 //! store (`begin` and `end`, timed by the store's clock); afterwards a checker proves that no two

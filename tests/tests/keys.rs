@@ -1,10 +1,12 @@
-//! Keys (S3, S4): distinct (name, parts) never share a key, whatever the input holds; the Redis key
+//! Keys: distinct (name, parts) never share a key, whatever the input holds; the Redis key
 //! is one hash tag shared by the lock's counter and channel.
 
 use std::time::Duration;
 
-use lock_guard::{KeyParts, LockKey, LockManager, LockOptions, unordered};
-use lock_guard_tests::RedisServer;
+use lock_guard::{
+    KeyParts, LockError, LockKey, LockManager, LockOptions, concurrency_guard, unordered,
+};
+use lock_guard_tests::{RedisServer, backend_tests};
 use proptest::prelude::*;
 
 fn key_of(name: &str, parts: &[String]) -> LockKey {
@@ -151,5 +153,61 @@ async fn keys_on_redis_share_the_hash_tag() {
 
     let braces = server.builder().key_prefix("a{b}").build().await;
     let err = braces.expect_err("a prefix with braces would break the hash tag");
-    assert!(err.is_backend(), "{err:?}");
+    assert!(matches!(err, LockError::Config { .. }), "{err:?}");
+}
+
+/// Whether another owner, a task of its own, could take `key` at once.
+async fn free_for_another_owner(locks: &LockManager, key: &LockKey) -> bool {
+    let (locks, key) = (locks.clone(), key.clone());
+    tokio::spawn(async move {
+        match locks
+            .lock(&key, LockOptions::new().wait(Duration::ZERO))
+            .await
+        {
+            Ok(guard) => guard.release().await.map(|_| true),
+            Err(e) if e.is_not_acquired() => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// A tuple value as the key (here the first argument): whether `other` is held while the body runs.
+#[concurrency_guard(name = "tuple", wait = 0s, locks = locks)]
+async fn tuple_holds(
+    pair: (u32, &str),
+    other: &LockKey,
+    locks: &LockManager,
+) -> Result<bool, LockError> {
+    Ok(!free_for_another_owner(locks, other).await)
+}
+
+/// The same lock written as parts: `key = (a, b)`.
+#[concurrency_guard(name = "tuple", wait = 0s, key = (a, b), locks = locks)]
+async fn parts_hold(
+    a: u32,
+    b: &str,
+    other: &LockKey,
+    locks: &LockManager,
+) -> Result<bool, LockError> {
+    Ok(!free_for_another_owner(locks, other).await)
+}
+
+backend_tests! {
+    /// A tuple value gives one part per element: `(7, "x")` takes the lock of
+    /// `LockKey::new("tuple").part(7).part("x")`, as `key = (7, "x")` written out does.
+    async fn a_tuple_value_is_one_part_per_element(backend) {
+        let locks = backend.manager().await;
+        let seven_x = LockKey::new("tuple").part(7).part("x");
+        assert!(tuple_holds((7, "x"), &seven_x, &locks).await.unwrap());
+        assert!(parts_hold(7, "x", &seven_x, &locks).await.unwrap());
+        // and no other key: not another tuple's, not the elements joined into one part
+        assert!(!tuple_holds((8, "x"), &seven_x, &locks).await.unwrap());
+        let joined = LockKey::new("tuple").part("7:x");
+        assert!(!tuple_holds((7, "x"), &joined, &locks).await.unwrap());
+        // released after the call
+        assert!(free_for_another_owner(&locks, &seven_x).await);
+    }
 }

@@ -1,4 +1,4 @@
-//! Leases and deadlines (S7, S9): a forgotten lock frees itself at the lease end; a slow body is
+//! Leases and deadlines: a forgotten lock frees itself at the lease end; a slow body is
 //! dropped at its deadline, before the lock is released, and its later side effects never happen.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -18,7 +18,7 @@ impl Drop for DropProbe {
     }
 }
 
-/// A service's error type: lock failures convert into it (S5).
+/// A service's error type: lock failures convert into it.
 #[derive(Debug, thiserror::Error)]
 enum AppError {
     #[error(transparent)]
@@ -86,7 +86,7 @@ backend_tests! {
         assert!(!flag.load(SeqCst), "the dropped body went on running");
     }
 
-    /// Without `timeout`, the deadline is two thirds of a fixed lease (S2).
+    /// Without `timeout`, the deadline is two thirds of a fixed lease.
     async fn default_deadline_is_two_thirds_of_the_lease(backend) {
         let locks = backend.manager().await;
         let key = LockKey::new("lease").part("two-thirds");
@@ -124,7 +124,7 @@ backend_tests! {
     }
 
     /// A `timeout` longer than the lease does not let the body outlive the lease: the deadline is
-    /// the earlier of the two (S7).
+    /// the earlier of the two.
     async fn deadline_never_outlives_the_lease(backend) {
         let locks = backend.manager().await;
         let key = LockKey::new("lease").part("capped");
@@ -180,7 +180,7 @@ backend_tests! {
     }
 
     /// A release that comes after the lease ran out and someone else took the lock reports
-    /// `Ok(false)` and leaves the new owner's lock alone (S9).
+    /// `Ok(false)` and leaves the new owner's lock alone.
     async fn late_release_leaves_the_new_owner_alone(backend) {
         let first = backend.manager().await;
         let second = backend.manager().await;

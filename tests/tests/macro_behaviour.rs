@@ -1,6 +1,6 @@
 //! `#[concurrency_guard]` end to end: functions written with the attribute, run against a real
-//! `redis-server` (and the memory backend), behave as the runtime's closure form does (S1–S6,
-//! S11–S13): mutual exclusion across managers, lock failures converted into the user's error,
+//! `redis-server` (and the memory backend), behave as the runtime's closure form does: mutual
+//! exclusion across managers, lock failures converted into the user's error,
 //! `?` and early `return` releasing the lock, reentrancy, fencing tokens, deadlines, the default
 //! manager.
 

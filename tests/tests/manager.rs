@@ -1,4 +1,4 @@
-//! The manager as a value (S12): cheap to clone, `Send + Sync`, shareable across tasks; guards
+//! The manager as a value: cheap to clone, `Send + Sync`, shareable across tasks; guards
 //! and guarded calls can move between threads.
 
 use std::time::Duration;

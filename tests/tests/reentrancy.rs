@@ -1,4 +1,4 @@
-//! Reentrancy (S13): a guarded call nested in a guarded body, same task, same manager and key,
+//! Reentrancy: a guarded call nested in a guarded body, same task, same manager and key,
 //! runs at once without taking the lock again; a task spawned from the body is another owner.
 
 use std::time::Duration;
@@ -25,7 +25,7 @@ async fn free_for_another_task(locks: &LockManager, key: &LockKey) -> bool {
 }
 
 backend_tests! {
-    /// A nested call keeps its own deadline (S13): the earlier of its own and the enclosing one.
+    /// A nested call keeps its own deadline: the earlier of its own and the enclosing one.
     /// An inner body with `timeout = 200ms` inside an outer one of 5 s is dropped at ~200 ms with
     /// `Deadline`, and the outer body goes on holding the lock.
     async fn nested_call_keeps_its_own_deadline(backend) {
@@ -50,7 +50,7 @@ backend_tests! {
         assert!(took < Duration::from_millis(400), "the nested body ran {took:?}");
     }
 
-    /// Two bodies of one key driven by `join!` in one task never run at the same time (S13): the
+    /// Two bodies of one key driven by `join!` in one task never run at the same time: the
     /// second waits for the first or fails clearly.
     async fn joined_bodies_of_one_key_never_overlap(backend) {
         let locks = backend.manager().await;

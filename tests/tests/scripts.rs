@@ -1,4 +1,4 @@
-//! Ownership and scripts (S9): a flushed script cache is reloaded transparently; a release
+//! Ownership and scripts: a flushed script cache is reloaded transparently; a release
 //! publishes on the key's channel; owner tokens differ per acquisition; a late release warns.
 
 use std::time::Duration;
@@ -130,7 +130,7 @@ async fn owner_tokens_differ_per_acquisition() {
     }
 }
 
-/// A release that finds the lock taken by someone else logs a warning naming the key (S9).
+/// A release that finds the lock taken by someone else logs a warning naming the key.
 #[tokio::test]
 async fn late_release_warns_with_the_key() {
     let server = RedisServer::start();

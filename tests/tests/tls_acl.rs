@@ -1,4 +1,4 @@
-//! TLS and ACL (S12, S15): `rediss://` with a private CA and `redis://user:password@` both take,
+//! TLS and ACL: `rediss://` with a private CA and `redis://user:password@` both take,
 //! wait for and release locks; passwords never show in `Debug`, `Display` or `tracing` output.
 
 use std::time::Duration;

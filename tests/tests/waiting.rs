@@ -1,4 +1,4 @@
-//! Waiting (S8): bounded by `wait`, `0s` tries once, no polling, arrival order within a process,
+//! Waiting: bounded by `wait`, `0s` tries once, no polling, arrival order within a process,
 //! and a lost subscriber connection never strands a waiter.
 
 use std::sync::{Arc, Mutex};

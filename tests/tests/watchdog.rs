@@ -1,4 +1,4 @@
-//! The watchdog (S10): a body three times the lease keeps the lock; a lock deleted or taken behind
+//! The watchdog: a body three times the lease keeps the lock; a lock deleted or taken behind
 //! its back is `Lost` and the body is dropped; renewal stops when the body ends; a Redis that
 //! restarts or dies under a watchdog lock never leaves the body running unprotected.
 

@@ -39,7 +39,7 @@ use redis::{ErrorKind, Pipeline, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 
 use super::redis::scripts::{Lua, scripts};
-use super::redis::{fence_retention_arg, millis_arg};
+use super::redis::{AcquireArgs, millis_arg};
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
@@ -163,8 +163,7 @@ impl ClusterBackend {
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let keys = req.keys;
-        let lease_ms = millis_arg(req.lease);
-        let retention = fence_retention_arg(req.lease);
+        let acquire_args = AcquireArgs::new(&req);
         let mut fuse = Fuse {
             backend: self,
             keys,
@@ -172,15 +171,9 @@ impl ClusterBackend {
             armed: true,
         };
         let names = [&*keys.lock, keys.fence.as_str(), keys.queue.as_str()];
-        let args: [&[u8]; 6] = [
-            req.token.as_bytes(),
-            lease_ms.as_bytes(),
-            retention.as_bytes(),
-            if req.others_wait { b"w" } else { b"-" },
-            if req.head { b"h" } else { b"-" },
-            // Always: the client may resend it (see the module's docs).
-            b"r",
-        ];
+        let [a1, a2, a3, a4, a5, a6] = acquire_args.get(&req);
+        // Always with the retry flag: the client may resend it (see the module's docs).
+        let args: [&[u8]; 7] = [a1, a2, a3, a4, a5, a6, b"r"];
         let sent = Instant::now();
         let ((taken, value), acked) = match self.replicas {
             None => (

@@ -60,9 +60,11 @@ pub(crate) struct Try<'a> {
     /// The owner token (32 hex digits).
     pub(crate) token: &'a str,
     pub(crate) lease: Duration,
-    /// The head of this process's queue for the key, after a first failed try: it registers in the
-    /// key's queue of waiting processes when the lock is held, to be handed the lock in turn.
-    pub(crate) head: bool,
+    /// Register in the key's queue of waiting processes when the lock is held, to be handed the
+    /// lock in turn (this process's head waiter does; a try-once call does not).
+    pub(crate) register: bool,
+    /// An earlier try registered: on success, leave the queue.
+    pub(crate) queued: bool,
     /// More waiters of this process queue behind: the lock is marked as awaited at once, so its
     /// release will announce itself.
     pub(crate) others_wait: bool,
@@ -78,10 +80,7 @@ pub(crate) enum Attempt {
     Held(Option<Duration>),
 }
 
-/// How long a released lock stays reserved for the oldest waiting process (`claim:<token>`):
-/// long enough for a live process to hear of it and take it, short enough that a process that
-/// died meanwhile delays the others only briefly.
-pub(crate) const HANDOVER: Duration = Duration::from_millis(100);
+pub(crate) use crate::waiting::HANDOVER;
 
 /// What a backend has sent, for [`Metrics`](crate::Metrics).
 #[derive(Debug, Default)]

@@ -118,7 +118,8 @@ impl RedlockBackend {
         );
         // Nodes never register in their queues (see the module's docs).
         let node_req = Try {
-            head: false,
+            register: false,
+            queued: false,
             token: &value,
             ..req
         };

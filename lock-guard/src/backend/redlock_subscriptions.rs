@@ -5,6 +5,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::background;
 use crate::error::LockError;
@@ -19,7 +20,7 @@ pub(super) struct Fanout {
 }
 
 impl Subscriptions for Fanout {
-    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<(), LockError>> {
+    fn subscribe(&self, channel: &Arc<str>) -> oneshot::Receiver<Result<Instant, LockError>> {
         let mut confirmations: FuturesUnordered<_> =
             self.nodes.iter().map(|n| n.subscribe(channel)).collect();
         let (tx, rx) = oneshot::channel();
@@ -27,18 +28,23 @@ impl Subscriptions for Fanout {
         // If it cannot be spawned, the dropped sender reads as "unconfirmed".
         background::spawn(async move {
             let (mut ok, mut failed) = (0, 0);
+            // In place on a majority since the latest of their confirmations.
+            let mut since: Option<Instant> = None;
             let mut first_error = None;
             while let Some(r) = confirmations.next().await {
                 match r {
-                    Ok(Ok(())) => ok += 1,
+                    Ok(Ok(at)) => {
+                        ok += 1;
+                        since = since.max(Some(at));
+                    }
                     Ok(Err(e)) => {
                         failed += 1;
                         first_error.get_or_insert(e);
                     }
                     Err(_) => failed += 1,
                 }
-                if ok >= quorum {
-                    let _ = tx.send(Ok(()));
+                if let (true, Some(since)) = (ok >= quorum, since) {
+                    let _ = tx.send(Ok(since));
                     return;
                 }
                 if failed > nodes - quorum {

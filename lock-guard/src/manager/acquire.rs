@@ -14,7 +14,7 @@ use crate::error::{BackendError, LockError};
 use crate::guard::{LockGuard, Token};
 use crate::key::LockKey;
 use crate::options::LockOptions;
-use crate::waiting::Place;
+use crate::waiting::{HANDOVER, Place};
 
 impl LockManager {
     /// Takes the lock, waiting up to `options.wait`. The guard releases it on
@@ -58,17 +58,24 @@ impl LockManager {
             keys: &keys,
             token: token.as_str(),
             lease,
-            head: false,
+            // A call that waits registers at once if the lock is held, to be handed it in turn.
+            register: !options.max_wait().is_zero(),
+            queued: false,
             others_wait: false,
         };
 
         // Nobody of this process waits for the key: try at once, without queueing (the only round
         // trip of an uncontended acquisition). `wait = 0` tries exactly once in any case.
+        let mut tried: Option<(Instant, Option<std::time::Duration>)> = None;
         if options.max_wait().is_zero() || !inner.waiters.has_waiters(&keys.channel) {
+            let sent = Instant::now();
             match self.bounded(hard_end, &keys, ask).await? {
                 Attempt::Acquired { fence, valid_until } => return Ok(guard(fence, valid_until)),
                 Attempt::Held(_) if options.max_wait().is_zero() => return Err(not_acquired()),
-                Attempt::Held(_) => {}
+                Attempt::Held(pttl) => {
+                    ask.queued = true;
+                    tried = Some((sent, pttl));
+                }
             }
         }
 
@@ -80,20 +87,27 @@ impl LockManager {
             manager: self,
             keys: &keys,
             token: &token,
-            active: false,
+            active: ask.queued,
         };
-        if first {
-            // The first waiter of an empty queue (which has just tried) subscribes, then tries
-            // again, so a release in between is not missed.
-            self.subscribe(&place, &keys, hard_end).await;
-        }
         let mut must_try = true;
+        if let Some((_, pttl)) = tried {
+            place.set_registered();
+            if first {
+                place.set_retry_at(pttl.map(|p| Instant::now() + p));
+            }
+        }
+        if first {
+            // The first waiter of an empty queue subscribes; it tries (again) unless it has tried
+            // since the subscription was in place, so a release in between is not missed.
+            if let Some(since) = self.subscribe(&place, &keys, hard_end).await {
+                must_try = !matches!((since, tried), (Some(s), Some((t, _))) if s < t);
+            }
+        }
         loop {
             if must_try && place.state().0 {
                 if Instant::now() >= wait_end {
                     return Err(not_acquired());
                 }
-                ask.head = true;
                 ask.others_wait = place.others_wait();
                 registration.active = true;
                 match self.bounded(hard_end, &keys, ask).await? {
@@ -103,53 +117,66 @@ impl LockManager {
                         return Ok(guard(fence, valid_until));
                     }
                     Attempt::Held(pttl) => {
+                        ask.queued = true;
                         place.set_registered();
                         place.set_retry_at(pttl.map(|p| Instant::now() + p));
                     }
                 }
                 // A head promoted into a queue that never subscribed subscribes now and tries
                 // again; a release announced while we asked: ask again.
-                if self.subscribe(&place, &keys, hard_end).await || place.take_try() {
+                if self.subscribe(&place, &keys, hard_end).await.is_some() || place.take_try() {
                     continue;
                 }
             }
             let (head, retry_at) = place.state();
-            let timer = match retry_at {
+            let mut timer = match retry_at {
                 Some(at) if head => at.min(wait_end),
                 _ => wait_end,
             };
+            if head && ask.queued {
+                // A release that reserves the lock for another process moves `retry_at` to the
+                // reservation's end without waking this task (every waiting process hears every
+                // release): look at it again every reservation time, locally.
+                timer = timer.min(Instant::now() + HANDOVER);
+            }
             tokio::select! {
                 try_now = place.notified() => must_try = try_now,
                 () = sleep_until(timer) => {
-                    if Instant::now() >= wait_end {
+                    let now = Instant::now();
+                    if now >= wait_end {
                         return Err(not_acquired());
                     }
-                    must_try = true;
+                    must_try = matches!(place.state().1, Some(at) if at <= now);
                 }
             }
         }
     }
 
     /// Asks for release notifications for the queue of `place` if nobody did yet, and waits (at
-    /// most a command timeout, and never past `hard_end`) for the confirmation. Returns whether it
-    /// asked: the caller then tries once more.
-    async fn subscribe(&self, place: &Place, keys: &Keys, hard_end: Instant) -> bool {
-        let Some(confirmation) = place.subscribe() else {
-            return false;
+    /// most a command timeout, and never past `hard_end`) for the confirmation. `None` when it did
+    /// not ask; else `Some` of the instant since which the subscription is in place, if confirmed.
+    async fn subscribe(
+        &self,
+        place: &Place,
+        keys: &Keys,
+        hard_end: Instant,
+    ) -> Option<Option<Instant>> {
+        let confirmation = place.subscribe()?;
+        let Some(confirmed) = confirmation else {
+            return Some(None);
         };
-        if let Some(confirmed) = confirmation {
-            let bound = hard_end.min(Instant::now() + self.inner.backend.command_timeout());
-            match timeout_at(bound, confirmed).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    tracing::debug!(key = %keys.lock, error = %e, "release channel not subscribed; waiting on the lease");
-                }
-                _ => {
-                    tracing::debug!(key = %keys.lock, "release channel subscription unconfirmed; waiting on the lease");
-                }
+        let bound = hard_end.min(Instant::now() + self.inner.backend.command_timeout());
+        Some(match timeout_at(bound, confirmed).await {
+            Ok(Ok(Ok(since))) => Some(since),
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(key = %keys.lock, error = %e, "release channel not subscribed; waiting on the lease");
+                None
             }
-        }
-        true
+            _ => {
+                tracing::debug!(key = %keys.lock, "release channel subscription unconfirmed; waiting on the lease");
+                None
+            }
+        })
     }
 
     /// One try, cut short at `hard_end` (the end of the wait plus one command timeout) when that

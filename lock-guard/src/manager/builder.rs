@@ -387,8 +387,14 @@ pub(super) fn memory(builder: &LockManagerBuilder) -> LockManager {
     )
 }
 
-/// The URL with any password replaced by `***`, for logs and `Debug`.
-pub(crate) fn redact_url(url: &str) -> String {
+/// `url` with any password replaced by `***`: how lock-guard shows URLs in `Debug`, errors and
+/// logs, for yours too.
+///
+/// ```
+/// assert_eq!(lock_guard::redact_url("redis://alice:secret@h:6379"), "redis://alice:***@h:6379");
+/// assert_eq!(lock_guard::redact_url("rediss://secret@h"), "rediss://***@h");
+/// ```
+pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use builder::LockManagerBuilder;
+pub use builder::{LockManagerBuilder, redact_url};
 
 use crate::backend::{Backend, Keys};
 use crate::error::LockError;

@@ -2,15 +2,17 @@
 -- KEYS[1] lock key, KEYS[2] fencing counter key, KEYS[3] queue of waiting processes
 -- ARGV[1] owner token, ARGV[2] lease in ms, ARGV[3] lifetime of the fencing counter in ms,
 -- ARGV[4] 'w' when more waiters of this process queue behind the caller, else '-'
--- ARGV[5] 'h' when the caller waits at the head of its process's queue, else '-'
--- ARGV[6] (optional) 'r' when this request is sent again after a dead connection (the first one
+-- ARGV[5] when the lock is held, register the caller in the queue with this score (microseconds
+--         on the caller's clock: when it registered), else '-'
+-- ARGV[6] 'q' when the caller may already be in the queue (take it out once it has the lock)
+-- ARGV[7] (optional) 'r' when this request is sent again after a dead connection (the first one
 --         may have gone through)
 -- Returns {1, fencing token} when taken, {0, remaining lease of the holder in ms} when held.
 --
 -- The lock's value is the owner's token, followed by '+' once somebody waits for it: only then
--- does the release announce itself (an uncontended release stays two commands). Waiting heads
--- (one per process) register in the queue, oldest first; a release hands the lock to the oldest
--- as `claim:<its token>` for a short time, so processes take turns instead of racing.
+-- does the release announce itself (an uncontended acquire + release stays five commands). Waiting
+-- processes register in the queue, oldest first; a release hands the lock to the oldest as
+-- `claim:<its token>` for a short time, so processes take turns instead of racing.
 
 local function fence()
   -- Above every token issued before, even when the counter is missing (a new key, an expired
@@ -34,23 +36,19 @@ if ARGV[4] == 'w' then
   mark = '+'
 end
 if redis.call('SET', KEYS[1], ARGV[1] .. mark, 'NX', 'PX', ARGV[2]) then
-  if ARGV[5] == 'h' then
+  if ARGV[6] == 'q' then
     redis.call('ZREM', KEYS[3], ARGV[1])
   end
   return {1, fence()}
 end
 local held = redis.call('GET', KEYS[1])
 if held == 'claim:' .. ARGV[1] then
-  -- Handed over to us by the last release. (A try of ours that crossed the release may have
-  -- queued us again: take that entry out.)
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  if mark == '' and redis.call('ZCARD', KEYS[3]) > 0 then
-    mark = '+'
-  end
-  redis.call('SET', KEYS[1], ARGV[1] .. mark, 'PX', ARGV[2])
+  -- Handed over to us by the last release, which took us out of the queue. Hand-overs happen
+  -- under contention: mark it awaited, so its release looks at the queue.
+  redis.call('SET', KEYS[1], ARGV[1] .. '+', 'PX', ARGV[2])
   return {1, fence()}
 end
-if ARGV[6] == 'r' and (held == ARGV[1] or held == ARGV[1] .. '+') then
+if ARGV[7] == 'r' and (held == ARGV[1] or held == ARGV[1] .. '+') then
   -- Ours already: the first request went through. Its token is the counter's value.
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, tonumber(redis.call('GET', KEYS[2]))}
@@ -59,9 +57,8 @@ if held and string.sub(held, -1) ~= '+' and string.sub(held, 1, 6) ~= 'claim:' t
   -- Mark the lock as awaited (APPEND keeps the expiry), so its release wakes the waiters.
   redis.call('APPEND', KEYS[1], '+')
 end
-if ARGV[5] == 'h' then
-  local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[3], 'NX', tonumber(now[1]) * 1000000 + tonumber(now[2]), ARGV[1])
+if ARGV[5] ~= '-' and redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1]) == 1 then
+  -- The queue outlives its last registration by a minute (entries of waiters that died go with it).
   redis.call('PEXPIRE', KEYS[3], 60000)
 end
 return {0, redis.call('PTTL', KEYS[1])}

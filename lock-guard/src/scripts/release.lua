@@ -1,5 +1,5 @@
 -- Release the lock if we still own it; if anyone waits, hand it to the oldest waiting process and
--- wake one waiter per process (S8, S9).
+-- wake one waiter per process.
 -- KEYS[1] lock key, KEYS[2] release channel (the message: the token the lock is handed to, if any),
 -- KEYS[3] queue of waiting processes
 -- ARGV[1] owner token, ARGV[2] how long a hand-over stays reserved, in ms
@@ -10,11 +10,10 @@ if held == ARGV[1] then
   return 1
 end
 if held == ARGV[1] .. '+' then
-  local next = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  local next = redis.call('ZPOPMIN', KEYS[3])[1]
   if next then
     -- Reserved for the oldest waiting process for a moment: if it is gone, the reservation
     -- expires and the others take the lock as usual.
-    redis.call('ZREM', KEYS[3], next)
     redis.call('SET', KEYS[1], 'claim:' .. next, 'PX', ARGV[2])
   else
     redis.call('DEL', KEYS[1])

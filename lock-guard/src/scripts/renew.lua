@@ -1,4 +1,4 @@
--- Extend the lease if we still own the lock (S10).
+-- Extend the lease if we still own the lock (the watchdog).
 -- KEYS[1] lock key
 -- ARGV[1] owner token, ARGV[2] lease in ms
 -- Returns 1 when renewed, 0 when the lock was no longer ours.

@@ -4,7 +4,7 @@
 mod conn;
 mod node;
 #[cfg(feature = "cluster")]
-pub(crate) use self::node::{fence_retention_arg, millis_arg, spawn_subscriber};
+pub(crate) use self::node::{AcquireArgs, millis_arg, spawn_subscriber};
 mod replicas;
 pub(crate) mod scripts;
 mod subscriber;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use self::conn::{Conn, Connections};
 pub(crate) use self::replicas::Replicated;
 use self::scripts::{Lua, scripts};
+use self::subscriber::Requests;
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
@@ -48,16 +49,35 @@ pub(crate) struct RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects (one `PING`, so a wrong URL or password fails here) and starts the subscriber on
-    /// the library's background runtime.
+    /// Connects (one `PING`, so a wrong URL or password fails here) and starts the subscriber.
     pub(crate) async fn connect(
         config: RedisConfig,
         waiters: &Arc<Waiters>,
     ) -> Result<RedisBackend, LockError> {
-        let (backend, subscriptions) =
-            RedisBackend::connect_node(config, waiters, Arc::new(Counters::default()))?;
-        backend.ping().await?;
-        waiters.set_subscriptions(subscriptions);
+        let counters = Arc::new(Counters::default());
+        let conns = Arc::new(Connections::new(
+            config.client.clone(),
+            config.pool_size,
+            config.timeout,
+        )?);
+        let backend = RedisBackend {
+            conns,
+            counters: counters.clone(),
+            shown_url: config.shown_url,
+        };
+        backend
+            .conns
+            .call(None, "PING", |c, _| {
+                let mut conn = c.conn.clone();
+                async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
+            })
+            .await?;
+        waiters.set_subscriptions(Box::new(Requests::start(
+            config.client,
+            waiters,
+            config.timeout,
+            counters,
+        )));
         Ok(backend)
     }
 
@@ -113,6 +133,15 @@ impl RedisBackend {
         let keys = req.keys;
         let lease_ms = millis(req.lease).to_string();
         let retention = millis(req.lease + FENCE_RETENTION).to_string();
+        // The queue's order: when the caller registered, on its clock (the clocks of several
+        // machines only blur the order of turns, never exclusion).
+        let score = match req.register {
+            true => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+                .to_string(),
+            false => "-".to_owned(),
+        };
         // Until the reply is in, Redis may grant the lock: if this future is dropped or fails
         // before that, release the token on the connection the request went out on, so the
         // release cannot overtake it.
@@ -136,7 +165,8 @@ impl RedisBackend {
                     lease_ms.as_bytes(),
                     retention.as_bytes(),
                     if req.others_wait { b"w" } else { b"-" },
-                    if req.head { b"h" } else { b"-" },
+                    score.as_bytes(),
+                    if req.queued { b"q" } else { b"-" },
                 ],
                 // The first request may have been applied before its connection died.
                 Some(b"r"),

@@ -6,14 +6,11 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::conn::Connections;
 use super::scripts::Lua;
-use super::subscriber::{Requests, SubscriberTask};
+use super::subscriber::Requests;
 use super::{FENCE_RETENTION, RedisBackend, RedisConfig, millis};
-use crate::backend::{Counters, Keys};
-use crate::background;
+use crate::backend::{Counters, Keys, Try};
 use crate::error::LockError;
 use crate::waiting::{Subscriptions, Waiters};
 
@@ -26,18 +23,7 @@ pub(crate) fn spawn_subscriber(
     timeout: Duration,
     counters: Arc<Counters>,
 ) -> Box<dyn Subscriptions> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = SubscriberTask {
-        client,
-        waiters: Arc::downgrade(waiters),
-        rx,
-        timeout,
-        counters,
-    };
-    if !background::spawn(task.run()) {
-        tracing::warn!("no subscriber for release notifications; waiters retry at lease ends");
-    }
-    Box::new(Requests(tx))
+    Box::new(Requests::start(client, waiters, timeout, counters))
 }
 
 #[cfg(feature = "cluster")]
@@ -46,10 +32,41 @@ pub(crate) fn millis_arg(d: Duration) -> String {
     millis(d).to_string()
 }
 
-#[cfg(feature = "cluster")]
-/// How long a fencing counter lives after an acquisition with `lease`, as a script argument.
-pub(crate) fn fence_retention_arg(lease: Duration) -> String {
-    millis(lease + FENCE_RETENTION).to_string()
+/// The acquire script's arguments (see `acquire.lua`) for the callers that build their own request
+/// around it (replica acknowledgement, the cluster), built as [`RedisBackend::acquire`] does.
+pub(crate) struct AcquireArgs {
+    lease_ms: String,
+    retention: String,
+    score: String,
+}
+
+impl AcquireArgs {
+    pub(crate) fn new(req: &Try<'_>) -> Self {
+        AcquireArgs {
+            lease_ms: millis(req.lease).to_string(),
+            retention: millis(req.lease + FENCE_RETENTION).to_string(),
+            // The queue's order: when the caller registered, on its clock.
+            score: match req.register {
+                true => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros())
+                    .to_string(),
+                false => "-".to_owned(),
+            },
+        }
+    }
+
+    /// `ARGV[1..=6]`; the retry flag (`r`) goes after them.
+    pub(crate) fn get<'a>(&'a self, req: &Try<'a>) -> [&'a [u8]; 6] {
+        [
+            req.token.as_bytes(),
+            self.lease_ms.as_bytes(),
+            self.retention.as_bytes(),
+            if req.others_wait { b"w" } else { b"-" },
+            self.score.as_bytes(),
+            if req.queued { b"q" } else { b"-" },
+        ]
+    }
 }
 
 fn raise_fence_script() -> &'static Lua {

@@ -18,8 +18,9 @@ use std::time::Duration;
 use redis::{ErrorKind, Pipeline, ServerErrorKind};
 use tokio::time::Instant;
 
+use super::node::AcquireArgs;
 use super::scripts::scripts;
-use super::{FENCE_RETENTION, Fuse, RedisBackend, millis};
+use super::{Fuse, RedisBackend};
 use crate::backend::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
 use crate::error::{BackendError, LockError};
 use crate::lease;
@@ -43,8 +44,7 @@ impl Replicated {
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let node = &self.node;
         let keys = req.keys;
-        let lease_ms = millis(req.lease).to_string();
-        let retention = millis(req.lease + FENCE_RETENTION).to_string();
+        let acquire_args = AcquireArgs::new(&req);
         let wait_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let sent_on = Mutex::new(None);
         let mut fuse = Fuse {
@@ -63,13 +63,7 @@ impl Replicated {
             .call(Some(&keys.lock), "acquire and WAIT", |c, retry| {
                 let mut conn = c.conn.clone();
                 *super::lock(&sent_on) = Some(conn.clone());
-                let mut args: Vec<&[u8]> = vec![
-                    req.token.as_bytes(),
-                    lease_ms.as_bytes(),
-                    retention.as_bytes(),
-                    if req.others_wait { b"w" } else { b"-" },
-                    if req.head { b"h" } else { b"-" },
-                ];
+                let mut args: Vec<&[u8]> = acquire_args.get(&req).to_vec();
                 if retry {
                     // The first request may have been applied before its connection died.
                     args.push(b"r");

@@ -1,4 +1,4 @@
-//! Checks the arguments against the function (S1–S3, S5) and resolves what the expansion needs:
+//! Checks the arguments against the function and resolves what the expansion needs:
 //! the key's parts, the options, the return type. Every error points at the offending token and
 //! says what to write instead; all errors found are reported together.
 
@@ -7,18 +7,20 @@ use quote::{ToTokens, quote};
 use syn::spanned::Spanned as _;
 use syn::{Expr, FnArg, LitStr, Pat, ReturnType, Type, TypePath};
 
-use crate::attr::{Args, Duration, Lease};
-use crate::item::{Body, GuardedFn};
+use super::attr::{Args, Duration, Lease};
+use super::item::{Body, GuardedFn};
 
 /// What the expansion is built from.
 pub(crate) struct Plan<'a> {
+    /// The runtime crate's path: `crate = …`, or `::lock_guard`.
+    pub(crate) krate: TokenStream,
     pub(crate) name: &'a LitStr,
     /// The key's parts, in order: each an expression to take by reference, and where to report a
     /// part that is not `Display`.
     pub(crate) parts: Vec<Part>,
     pub(crate) locks: Option<&'a Expr>,
     pub(crate) wait: Option<&'a Duration>,
-    /// `None`: the default lease.
+    /// `None`: the runtime's default lease.
     pub(crate) lease: Option<&'a Lease>,
     pub(crate) timeout: Option<&'a Duration>,
     pub(crate) ret: &'a Type,
@@ -54,7 +56,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
     }
     let sig = &func.sig;
 
-    // S1: placement
+    // placement
     if let Some(constness) = &sig.constness {
         errors.at(
             constness.span,
@@ -103,7 +105,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         }
     };
 
-    // S2: the name
+    // the name
     if args.name.is_none() {
         errors.at(
             Span::call_site(),
@@ -111,7 +113,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         );
     }
 
-    // S2: a literal timeout must be shorter than a literal (or the default) lease
+    // a literal timeout must be shorter than a literal (or the default) lease
     if let Some(Duration::Literal {
         millis: timeout,
         text: timeout_text,
@@ -134,8 +136,9 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
             None if *timeout >= DEFAULT_LEASE_MS => errors.at(
                 *span,
                 format!(
-                    "`timeout = {timeout_text}` must be shorter than the lease, and the default lease is 3s: the body has to finish while the lock is still held. \
+                    "`timeout = {timeout_text}` must be shorter than the lease, and the default lease is {}: the body has to finish while the lock is still held. \
                      Give a longer lease, e.g. `lease = {}`, or use `lease = watchdog`",
+                    format_millis(DEFAULT_LEASE_MS),
                     longer(*timeout)
                 ),
             ),
@@ -143,7 +146,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         }
     }
 
-    // S3: the key
+    // the key: the first argument that is not `self`, or `key = …`
     let parts = match &args.key {
         Some(Expr::Tuple(tuple)) if tuple.elems.is_empty() => {
             errors.at(
@@ -193,6 +196,10 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
 
     match (errors.0, ret, &func.body, &args.name) {
         (None, Some(ret), Some(body), Some(name)) => Ok(Plan {
+            krate: args
+                .krate
+                .as_ref()
+                .map_or_else(|| quote!(::lock_guard), ToTokens::to_token_stream),
             name,
             parts,
             locks: args.locks.as_ref(),
@@ -208,7 +215,10 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
     }
 }
 
-const DEFAULT_LEASE_MS: u64 = 3_000;
+/// The runtime's default lease (`LockOptions::new()`), in milliseconds: the one default the macro
+/// needs, to reject `timeout = 5s` without a `lease` at compile time. The expansion never emits it;
+/// `tests/tests/expand.rs` checks that it still equals the runtime's.
+pub(crate) const DEFAULT_LEASE_MS: u64 = 3_000;
 
 /// Whether a return type is syntactically a `Result`: `Result<T, E>`, `std::result::Result<T, E>`,
 /// or an alias whose name ends in `Result` (`io::Result<T>`, `AppResult<T>`). Whether its error
@@ -282,200 +292,5 @@ fn format_millis(ms: u64) -> String {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quote::quote;
-
-    fn check_err(args: TokenStream, func: TokenStream) -> String {
-        let mut args: Args = syn::parse2(args).unwrap();
-        let func: GuardedFn = syn::parse2(func).unwrap();
-        match check(&mut args, &func) {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e
-                .into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
-
-    fn parts(args: TokenStream, func: TokenStream) -> Vec<String> {
-        let mut args: Args = syn::parse2(args).unwrap();
-        let func: GuardedFn = syn::parse2(func).unwrap();
-        let plan = check(&mut args, &func).unwrap_or_else(|e| panic!("{e}"));
-        plan.parts.iter().map(|p| p.expr.to_string()).collect()
-    }
-
-    #[test]
-    fn key_from_first_argument_not_self() {
-        let f = quote!(
-            async fn f(&self, user: u32, word: String) -> Result<(), E> {}
-        );
-        assert_eq!(parts(quote!(name = "a"), f), ["user"]);
-        let f = quote!(
-            async fn f(mut user: u32) -> Result<(), E> {}
-        );
-        assert_eq!(parts(quote!(name = "a"), f), ["user"]);
-    }
-
-    #[test]
-    fn key_argument() {
-        let f = quote!(
-            async fn f((a, b): (u32, u32)) -> Result<(), E> {}
-        );
-        assert_eq!(
-            parts(quote!(name = "a", key = (a, b.id, a + b)), f.clone()),
-            ["a", "b . id", "(a + b)"]
-        );
-        assert_eq!(
-            parts(quote!(name = "a", key = lock_guard::unordered(a, b)), f),
-            ["lock_guard :: unordered (a , b)"]
-        );
-    }
-
-    #[test]
-    fn placement_errors() {
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                fn f(a: u32) -> Result<(), E> {}
-            ),
-        );
-        assert!(e.contains("needs an `async fn`"), "{e}");
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                const async fn f(a: u32) -> Result<(), E> {}
-            ),
-        );
-        assert!(e.contains("Remove `const`"), "{e}");
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f(a: u32) -> Result<(), E>;
-            ),
-        );
-        assert!(e.contains("needs the function's body"), "{e}");
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f(a: u32) -> u32 {}
-            ),
-        );
-        assert!(e.contains("write `-> Result<u32, YourError>`"), "{e}");
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f(a: u32) -> Option<&'static std::string::String> {}
-            ),
-        );
-        assert!(
-            e.contains("write `-> Result<Option<&'static std::string::String>, YourError>`"),
-            "{e}"
-        );
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f(a: u32) {}
-            ),
-        );
-        assert!(e.contains("add `-> Result<(), YourError>`"), "{e}");
-    }
-
-    #[test]
-    fn result_aliases_are_accepted() {
-        for ret in [
-            quote!(std::result::Result<u8, E>),
-            quote!(io::Result<u8>),
-            quote!(AppResult<u8>),
-        ] {
-            let f = quote!(async fn f(a: u32) -> #ret {});
-            assert_eq!(parts(quote!(name = "a"), f), ["a"]);
-        }
-    }
-
-    #[test]
-    fn key_errors() {
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f((a, b): (u8, u8)) -> Result<(), E> {}
-            ),
-        );
-        assert!(e.contains("a pattern has no single value"), "{e}");
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f(_: u8) -> Result<(), E> {}
-            ),
-        );
-        assert!(e.contains("`_` has no value"), "{e}");
-        let e = check_err(
-            quote!(name = "a"),
-            quote!(
-                async fn f(&self) -> Result<(), E> {}
-            ),
-        );
-        assert!(e.contains("this function has none"), "{e}");
-        let e = check_err(
-            quote!(name = "a", key = ()),
-            quote!(
-                async fn f(&self) -> Result<(), E> {}
-            ),
-        );
-        assert!(e.contains("an empty key"), "{e}");
-    }
-
-    #[test]
-    fn timeout_shorter_than_lease() {
-        let f = quote!(
-            async fn f(a: u32) -> Result<(), E> {}
-        );
-        let e = check_err(quote!(name = "a", lease = 3s, timeout = 3s), f.clone());
-        assert!(
-            e.contains("`timeout = 3s` must be shorter than `lease = 3s`"),
-            "{e}"
-        );
-        assert!(e.contains("e.g. `timeout = 2s`"), "{e}");
-        let e = check_err(quote!(name = "a", timeout = 5s), f.clone());
-        assert!(e.contains("the default lease is 3s"), "{e}");
-        assert_eq!(
-            parts(quote!(name = "a", lease = 3s, timeout = 2999ms), f.clone()),
-            ["a"]
-        );
-        assert_eq!(
-            parts(
-                quote!(name = "a", lease = watchdog, timeout = 1m),
-                f.clone()
-            ),
-            ["a"]
-        );
-        assert_eq!(
-            parts(quote!(name = "a", lease = LEASE, timeout = 1m), f),
-            ["a"]
-        );
-    }
-
-    #[test]
-    fn all_errors_at_once() {
-        let e = check_err(
-            quote!(wait = 1x),
-            quote!(
-                fn f(_: u8) -> u8 {}
-            ),
-        );
-        for expected in [
-            "unknown unit",
-            "needs an `async fn`",
-            "returns `Result",
-            "needs a `name`",
-            "`_` has no value",
-        ] {
-            assert!(e.contains(expected), "{expected} in {e}");
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! The attribute's arguments: `name`, `wait`, `lease`, `timeout`, `key`, `locks` (S2).
+//! The attribute's arguments: `name`, `wait`, `lease`, `timeout`, `key`, `locks`, `crate`.
 //!
 //! A hand-written parser: each argument is `ident = value`, separated by commas. Syntax errors stop
 //! the parse; errors about a value (a repeat, a wrong unit) are collected so that every one is
@@ -8,7 +8,7 @@ use proc_macro2::Span;
 use syn::ext::IdentExt as _;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
-use syn::{Expr, ExprLit, ExprPath, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
+use syn::{Expr, ExprLit, ExprPath, ExprUnary, Ident, Lit, LitStr, Path, Token, UnOp};
 
 mod kw {
     syn::custom_keyword!(name);
@@ -22,7 +22,7 @@ mod kw {
 
 /// What the attribute accepts, for error messages.
 pub(crate) const ACCEPTED: &str = "`name = \"…\"`, `wait = 5s`, `lease = 3s` (or `lease = watchdog`), \
-     `timeout = 2s`, `key = <expr>`, `locks = <expr>`";
+     `timeout = 2s`, `key = <expr>`, `locks = <expr>`, `crate = \"path\"`";
 
 /// What a duration literal may be written as, for error messages.
 const UNITS: &str = "a number with a unit: `250ms`, `5s`, `1.5s`, `2m` or `2min`";
@@ -36,6 +36,8 @@ pub(crate) struct Args {
     pub(crate) timeout: Option<Duration>,
     pub(crate) key: Option<Expr>,
     pub(crate) locks: Option<Expr>,
+    /// The path of the runtime crate, for a renamed dependency or a re-export.
+    pub(crate) krate: Option<Path>,
     /// Errors about values, collected while the parse goes on.
     pub(crate) errors: Option<syn::Error>,
 }
@@ -153,6 +155,13 @@ impl Parse for Args {
                 equals(input, "locks", "locks = self.locks")?;
                 let locks: Expr = input.parse()?;
                 args.set(|a| &mut a.locks, locks, at, "locks");
+            } else if lookahead.peek(Token![crate]) {
+                let at = input.parse::<Token![crate]>()?.span;
+                equals(input, "crate", "crate = \"my_locks\"")?;
+                match parse_crate(input)? {
+                    Ok(path) => args.set(|a| &mut a.krate, path, at, "crate"),
+                    Err(e) => args.error(e),
+                }
             } else if input.peek(LitStr) {
                 let name: LitStr = input.parse()?;
                 return Err(syn::Error::new(
@@ -200,6 +209,7 @@ fn hint(unknown: &str) -> &'static str {
         "manager" | "lock_manager" | "locker" | "lock" => " (did you mean `locks`?)",
         "keys" | "by" | "on" => " (did you mean `key`?)",
         "namespace" | "prefix" => " (did you mean `name`?)",
+        "crate_name" | "krate" | "lock_guard" => " (did you mean `crate`?)",
         _ => "",
     }
 }
@@ -212,6 +222,28 @@ fn equals(input: ParseStream<'_>, arg: &str, example: &str) -> syn::Result<()> {
     } else {
         Err(input.error(format!("expected `=` after `{arg}`: `{example}`")))
     }
+}
+
+/// Parses the `crate` value: a path, as a string (`"my::locks"`, as tokio's attributes take it)
+/// or as it is (`my::locks`). The outer `Result` is a syntax error, the inner one a bad value.
+fn parse_crate(input: ParseStream<'_>) -> syn::Result<syn::Result<Path>> {
+    const EXPECTED: &str = "`crate` takes the path under which the lock-guard crate is reachable, \
+         e.g. `crate = \"my_locks\"` for a dependency renamed to `my_locks`, or `crate = \"crate::locks\"` for a re-export";
+    if input.peek(LitStr) {
+        let text: LitStr = input.parse()?;
+        return Ok(text.parse_with(Path::parse_mod_style).map_err(|_| {
+            syn::Error::new(
+                text.span(),
+                format!("`{}` is not a path; {EXPECTED}", text.value()),
+            )
+        }));
+    }
+    let fork = input.fork();
+    if fork.call(Path::parse_mod_style).is_ok() && (fork.is_empty() || fork.peek(Token![,])) {
+        return Ok(Ok(input.call(Path::parse_mod_style)?));
+    }
+    let value: Expr = input.parse()?;
+    Ok(Err(syn::Error::new(value.span(), EXPECTED)))
 }
 
 /// True when the next token is the last of the arguments.
@@ -321,175 +353,5 @@ fn literal_millis(lit: &Lit, arg: &str) -> syn::Result<u64> {
             // A non-negative whole number below u64::MAX: the cast is exact.
             Ok(millis as u64)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quote::quote;
-
-    fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Args> {
-        let args: Args = syn::parse2(tokens)?;
-        match args.errors {
-            Some(e) => Err(e),
-            None => Ok(args),
-        }
-    }
-
-    fn err(tokens: proc_macro2::TokenStream) -> String {
-        match parse(tokens) {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    fn millis(d: &Option<Duration>) -> u64 {
-        match d {
-            Some(Duration::Literal { millis, .. }) => *millis,
-            _ => panic!("not a literal"),
-        }
-    }
-
-    #[test]
-    fn readme_arguments() {
-        let args = parse(quote!(name = "keyword", wait = 5s, lease = 3s)).unwrap();
-        assert_eq!(args.name.unwrap().value(), "keyword");
-        assert_eq!(millis(&args.wait), 5_000);
-        match args.lease {
-            Some(Lease::Duration(Duration::Literal {
-                millis, ref text, ..
-            })) => {
-                assert_eq!(millis, 3_000);
-                assert_eq!(text, "3s");
-            }
-            _ => panic!("lease"),
-        }
-        assert!(args.timeout.is_none() && args.key.is_none() && args.locks.is_none());
-    }
-
-    #[test]
-    fn every_unit() {
-        for (tokens, expected) in [
-            (quote!(wait = 250ms), 250),
-            (quote!(wait = 5s), 5_000),
-            (quote!(wait = 1.5s), 1_500),
-            (quote!(wait = 0.25s), 250),
-            (quote!(wait = 2m), 120_000),
-            (quote!(wait = 2min), 120_000),
-            (quote!(wait = 0s), 0),
-            (quote!(wait = 1_000ms), 1_000),
-            (quote!(wait = 0.5min), 30_000),
-        ] {
-            let text = tokens.to_string();
-            let args = parse(tokens).unwrap();
-            assert_eq!(millis(&args.wait), expected, "{text}");
-        }
-    }
-
-    #[test]
-    fn trailing_comma_and_empty() {
-        assert!(parse(quote!(name = "a",)).unwrap().name.is_some());
-        let empty = parse(quote!()).unwrap();
-        assert!(empty.name.is_none());
-    }
-
-    #[test]
-    fn watchdog_and_expressions() {
-        let args = parse(quote!(name = "a", lease = watchdog, timeout = 10s)).unwrap();
-        assert!(matches!(args.lease, Some(Lease::Watchdog)));
-        assert_eq!(millis(&args.timeout), 10_000);
-        let args = parse(quote!(
-            name = "a",
-            lease = LEASE,
-            wait = Duration::from_secs(1)
-        ))
-        .unwrap();
-        assert!(matches!(
-            args.lease,
-            Some(Lease::Duration(Duration::Expr(_)))
-        ));
-        assert!(matches!(args.wait, Some(Duration::Expr(_))));
-        // `watchdog` followed by more tokens is an expression, e.g. a method call
-        let args = parse(quote!(name = "a", lease = watchdog.lease())).unwrap();
-        assert!(matches!(
-            args.lease,
-            Some(Lease::Duration(Duration::Expr(_)))
-        ));
-    }
-
-    #[test]
-    fn key_and_locks_are_expressions() {
-        let args = parse(quote!(
-            name = "like",
-            key = lock_guard::unordered(a, b),
-            locks = &state.locks
-        ))
-        .unwrap();
-        assert!(matches!(args.key, Some(Expr::Call(_))));
-        assert!(matches!(args.locks, Some(Expr::Reference(_))));
-        let args = parse(quote!(name = "t", key = (a, b.id), locks = self.locks)).unwrap();
-        assert!(matches!(args.key, Some(Expr::Tuple(_))));
-        assert!(matches!(args.locks, Some(Expr::Field(_))));
-    }
-
-    #[test]
-    fn repeats_are_rejected() {
-        let e = err(quote!(name = "a", wait = 1s, wait = 2s));
-        assert!(e.contains("`wait` is given twice"), "{e}");
-        let e = err(quote!(name = "a", name = "b"));
-        assert!(e.contains("`name` is given twice"), "{e}");
-    }
-
-    #[test]
-    fn unknown_arguments_list_the_valid_ones() {
-        let e = err(quote!(name = "a", ttl = 3s));
-        assert!(
-            e.contains("unknown argument `ttl` (did you mean `lease`?)"),
-            "{e}"
-        );
-        assert!(e.contains("`locks = <expr>`"), "{e}");
-        let e = err(quote!(type = 3));
-        assert!(e.contains("unknown argument `type`"), "{e}");
-        let e = err(quote!("keyword"));
-        assert!(e.contains("name the argument: `name = \"keyword\"`"), "{e}");
-    }
-
-    #[test]
-    fn bad_durations() {
-        let e = err(quote!(wait = 5secs));
-        assert!(e.contains("unknown unit `secs`"), "{e}");
-        let e = err(quote!(wait = 5));
-        assert!(e.contains("no unit: write `wait = 5s`"), "{e}");
-        let e = err(quote!(wait = "5s"));
-        assert!(e.contains("without quotes: `wait = 5s`"), "{e}");
-        let e = err(quote!(wait = -5s));
-        assert!(e.contains("cannot be negative"), "{e}");
-        let e = err(quote!(wait = 0.0001s));
-        assert!(e.contains("whole number of milliseconds"), "{e}");
-        let e = err(quote!(wait = watchdog));
-        assert!(e.contains("write `lease = watchdog`"), "{e}");
-        let e = err(quote!(lease = 0s));
-        assert!(e.contains("lease of zero"), "{e}");
-        let e = err(quote!(timeout = 0ms));
-        assert!(e.contains("timeout of zero"), "{e}");
-        let e = err(quote!(wait = 99999999999999999999m));
-        assert!(e.contains("too long"), "{e}");
-    }
-
-    #[test]
-    fn value_errors_are_all_reported() {
-        let e = parse(quote!(wait = 5x, lease = 3y)).err().unwrap();
-        assert_eq!(e.into_iter().count(), 2);
-    }
-
-    #[test]
-    fn syntax_errors() {
-        let e = err(quote!(name "a"));
-        assert!(e.contains("expected `=` after `name`"), "{e}");
-        let e = err(quote!(name = keyword));
-        assert!(e.contains("`name` takes a string literal"), "{e}");
-        let e = err(quote!(name = "a" wait = 1s));
-        assert!(e.contains("expected `,`"), "{e}");
     }
 }
