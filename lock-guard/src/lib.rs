@@ -100,9 +100,62 @@
 //! oldest waiting process for 100 ms, so processes take turns. The README's "How it works" has the
 //! details.
 //!
+//! # Deployments
+//!
+//! One API over four deployments, chosen when the manager is built; the attribute does not change.
+//! What each one promises, and what it does not:
+//!
+//! | deployment | build it with | holds while | a failure can lose a lock when |
+//! |---|---|---|---|
+//! | one server | [`LockManager::redis`], [`LockManagerBuilder::url`] | the server keeps the key | the server restarts without the key, or a replica that lacked it is promoted |
+//! | one server, replicas acknowledge | [`LockManagerBuilder::wait_for_replicas`] | as above, and `n` replicas had it when granted | every acknowledging replica is lost too, or one that did not acknowledge is promoted |
+//! | Redis Cluster (feature `cluster`) | `LockManager::cluster`, `LockManagerBuilder::cluster` | the slot's master keeps the key | as for one server, per slot: a failover to a replica that lacked it |
+//! | Redlock | [`LockManager::redlock`], [`LockManagerBuilder::redlock`] | a majority of independent masters keep it | a majority restarts without it within a lease, or clocks drift more than the allowance |
+//!
+//! - **One server.** Exact while the server runs: the scripts are atomic. Replication is
+//!   asynchronous, so a failover to a replica that had not received an acquisition yet lets a
+//!   second holder in while the first still runs. The fencing token ([`fencing_token`]) is what
+//!   protects storage then.
+//! - **Replica acknowledgement** ([`LockManagerBuilder::wait_for_replicas`]`(n, timeout)`): `WAIT n
+//!   timeout` goes out with the acquire script in one pipeline (one round trip); fewer
+//!   acknowledgements release the lock and fail with [`LockError::NotReplicated`]. This narrows
+//!   the window — a failover to an acknowledging replica keeps the lock — but does not close it:
+//!   replication stays asynchronous, the orchestrator may promote a replica that did not
+//!   acknowledge, and releases and renewals are not waited for. `WAIT` holds up the commands behind
+//!   it on its connection for up to `timeout`.
+//! - **Redis Cluster**: each lock's keys share one hash tag, so its scripts run on its slot's
+//!   master; redirects, failovers and slot migrations are followed by the client. Acquisitions are
+//!   idempotent per owner token, so a command the client resends after a reconnect stays correct.
+//!   Release notifications use classic `PUBLISH`/`SUBSCRIBE` on a dedicated connection to the first
+//!   URL's node (a classic `PUBLISH` reaches every node); sharded pub/sub is avoided because the
+//!   `redis` 1.8 cluster connection mistakes a failover's `sunsubscribe` push for a command reply. A
+//!   waiter whose notification is lost still retries when the holder's lease ends. The same
+//!   asynchronous-replication caveat applies per slot; `wait_for_replicas` works per slot (the
+//!   `WAIT` goes to the lock's master, pipelined with the script).
+//! - **Redlock** over N independent masters (3 or 5; not replicas of each other): every node is asked
+//!   at once, each within the command timeout; the lock is held when a majority granted it, valid
+//!   until `lease − elapsed − drift` counted from when the requests were sent (an acquisition whose
+//!   validity has run out is given back, never returned); a failed attempt releases everywhere; a
+//!   frozen or unreachable minority costs nothing, a majority down fails with
+//!   [`LockError::Backend`] within the command timeout. Redlock assumes the nodes' clocks run at
+//!   nearly the same rate (within the drift allowance, 1 % of the lease + 2 ms) and that a node
+//!   that crashed stays down for at least one lease before it rejoins empty (or persists with
+//!   `appendfsync always`); without those, two holders are possible. Waiters hear releases from any
+//!   node; splits (two contenders each winning some nodes) both give up and retry after a random
+//!   pause.
+//!
+//! **Fencing tokens** are the larger of the key's counter + 1 and the server's clock in
+//! microseconds (`TIME`), so they keep rising across a restart that lost the counter and a failover
+//! to a replica that lacked it — provided the clock of the master issuing a token is not behind the
+//! clock of the master that issued the previous one by more than the time between the two (in
+//! practice: the masters' clocks agree within the failover time). On Redlock the token is the
+//! largest a granting majority issued, written back to the majority's nodes, so the next majority —
+//! which shares a node with it — issues a larger one, whatever the nodes' clocks say.
+//!
 //! # Features
 //!
 //! - `tls`: `rediss://` URLs, through rustls (ring).
+//! - `cluster`: Redis Cluster (`LockManager::cluster`), through the `redis` crate's cluster client.
 #![warn(missing_docs)]
 
 mod backend;

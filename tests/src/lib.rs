@@ -13,6 +13,7 @@
 //! [`LockManager::memory`](lock_guard::LockManager::memory).
 
 mod backend;
+mod cluster;
 pub mod faults;
 mod load;
 mod logs;
@@ -24,6 +25,7 @@ mod wait;
 mod worker;
 
 pub use backend::Backend;
+pub use cluster::RedisCluster;
 pub use load::{LoadReport, all_free, load};
 pub use logs::LogCapture;
 pub use proxy::{Direction, Proxy};

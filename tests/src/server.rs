@@ -82,6 +82,8 @@ pub struct RedisServer {
     process: Option<Child>,
     /// Number of processes started so far; each gets its own log file.
     generation: u32,
+    /// More `redis-server` arguments (replication, cluster mode), kept across restarts.
+    extra_args: Vec<String>,
 }
 
 /// A start that failed because another process took the port first.
@@ -104,6 +106,16 @@ impl RedisServer {
     /// If `redis-server` (or, for TLS, `openssl` and `redis-cli`) is not installed, or the server
     /// does not come up within 10 s.
     pub fn start_with(options: ServerOptions) -> RedisServer {
+        RedisServer::start_with_args(options, &[])
+    }
+
+    /// Starts a server of the given kind with more `redis-server` arguments (e.g.
+    /// `["--cluster-enabled", "yes"]`), kept across [`restart`](Self::restart)s.
+    ///
+    /// # Panics
+    ///
+    /// As [`start_with`](Self::start_with).
+    pub fn start_with_args(options: ServerOptions, args: &[&str]) -> RedisServer {
         let dir = TempDir::new();
         let tls = options.tls.then(|| tls::generate(dir.path()));
         let mut server = RedisServer {
@@ -113,6 +125,7 @@ impl RedisServer {
             tls,
             process: None,
             generation: 0,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         for _ in 0..PORT_ATTEMPTS {
             // The port is free now but may be taken before redis-server binds it: retry then.
@@ -121,6 +134,36 @@ impl RedisServer {
             }
         }
         panic!("redis-server: no free port after {PORT_ATTEMPTS} attempts");
+    }
+
+    /// Starts a plain server in cluster mode (`--cluster-enabled yes`, with `args` added) on a
+    /// free port whose cluster bus port (the port + 10000) is free too; its node is alone in its
+    /// cluster until met (see `RedisCluster`).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_cluster_node(args: &[&str]) -> RedisServer {
+        let mut extra = vec!["--cluster-enabled", "yes"];
+        extra.extend_from_slice(args);
+        let mut server = RedisServer {
+            options: ServerOptions::new(),
+            port: 0,
+            dir: TempDir::new(),
+            tls: None,
+            process: None,
+            generation: 0,
+            extra_args: extra.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        for _ in 0..PORT_ATTEMPTS * 10 {
+            let port = free_port();
+            let bus_free = port <= u16::MAX - 10_000
+                && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+            if bus_free && server.spawn(port).is_ok() {
+                return server;
+            }
+        }
+        panic!("redis-server: no free port pair for a cluster node");
     }
 
     /// The port the server listens on (its TLS port for a TLS server).
@@ -161,6 +204,67 @@ impl RedisServer {
     /// Whether the process is running (it is, unless [`kill`](Self::kill)ed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.process.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// A plain server replicating `primary` (`--replicaof`), returned once its link to the primary
+    /// is up, the initial sync is done and the primary counts it as online. Sets the primary's `repl-diskless-sync-delay` to 0, so
+    /// the sync starts at once.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start), or if the replica does not sync within 10 s.
+    pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg("0")
+            .query_async(&mut primary.connection().await)
+            .await
+            .expect("CONFIG SET repl-diskless-sync-delay 0");
+        let port = primary.port().to_string();
+        let replica = RedisServer::start_with_args(
+            ServerOptions::new(),
+            &["--replicaof", "127.0.0.1", &port],
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let info = replica.info("replication").await;
+            // The primary counts a replica for WAIT only once it calls it online (after the
+            // replica's first acknowledgement following the sync).
+            let online = format!("port={},state=online", replica.port());
+            if info_field(&info, "master_link_status") == Some("up")
+                && info_field(&info, "master_sync_in_progress") == Some("0")
+                && primary.info("replication").await.contains(&online)
+            {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica of port {port} did not sync within {START_TIMEOUT:?}:\n{}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
+    /// Freezes the process (`SIGSTOP`): it keeps its connections but answers nothing, and expires
+    /// nothing, until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        if let Some(pid) = self.pid() {
+            crate::signal_pid(pid, "STOP");
+        }
+    }
+
+    /// Lets a [`freeze`](Self::freeze)d process run again (`SIGCONT`).
+    pub fn thaw(&self) {
+        if let Some(pid) = self.pid() {
+            crate::signal_pid(pid, "CONT");
+        }
     }
 
     /// Kills the process (SIGKILL, as a crash would) and waits for it to exit.
@@ -284,7 +388,8 @@ impl RedisServer {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    async fn info(&self, section: &str) -> String {
+    /// `INFO <section>`.
+    pub async fn info(&self, section: &str) -> String {
         redis::cmd("INFO")
             .arg(section)
             .query_async(&mut self.connection().await)
@@ -323,7 +428,8 @@ impl RedisServer {
         .arg(self.dir.path())
         .arg("--logfile")
         .arg(self.log_path())
-        .args(["--enable-debug-command", "local"]);
+        .args(["--enable-debug-command", "local"])
+        .args(&self.extra_args);
         match &self.tls {
             None => {
                 cmd.arg("--port").arg(port.to_string());
@@ -461,7 +567,7 @@ fn free_port() -> u16 {
 }
 
 /// The value of `field:value` in an `INFO` reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+pub(crate) fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .map(str::trim)

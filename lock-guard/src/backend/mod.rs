@@ -6,8 +6,12 @@
 //! notifications to the process's [`Waiters`](crate::waiting::Waiters). Waiting, deadlines,
 //! reentrancy and the watchdog live above, in the manager, so every backend behaves alike.
 
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod redlock;
+mod redlock_subscriptions;
 
 use std::fmt;
 use std::future::Future;

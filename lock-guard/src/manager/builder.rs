@@ -5,8 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::LockManager;
+use crate::backend::Backend;
+#[cfg(feature = "cluster")]
+use crate::backend::cluster::{ClusterBackend, ClusterConfig};
 use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::{RedisBackend, RedisConfig};
+use crate::backend::redis::{RedisBackend, RedisConfig, Replicated};
+use crate::backend::redlock::RedlockBackend;
 use crate::error::LockError;
 use crate::lease;
 use crate::waiting::Waiters;
@@ -33,6 +37,8 @@ pub struct LockManagerBuilder {
     prefix: String,
     command_timeout: Duration,
     watchdog_lease: Duration,
+    /// `WAIT` for this many replicas, at most this long, after each acquisition.
+    replicas: Option<(u64, Duration)>,
     #[cfg(feature = "tls")]
     root_cert: Option<Vec<u8>>,
 }
@@ -42,6 +48,11 @@ pub struct LockManagerBuilder {
 enum Deployment {
     /// One Redis server (a primary, possibly with replicas).
     Single(String),
+    /// Redlock over independent masters: held while a majority grants it.
+    Redlock(Vec<String>),
+    /// A Redis Cluster, reached through any of these nodes.
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
     /// In this process.
     Memory,
 }
@@ -59,12 +70,22 @@ impl fmt::Debug for LockManagerBuilder {
         let mut d = f.debug_struct("LockManagerBuilder");
         match &self.deployment {
             Deployment::Single(url) => d.field("url", &redact_url(url)),
+            Deployment::Redlock(urls) => d.field(
+                "redlock",
+                &urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            ),
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(urls) => d.field(
+                "cluster",
+                &urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            ),
             Deployment::Memory => d.field("backend", &"memory"),
         };
         d.field("pool_size", &self.pool_size)
             .field("key_prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("watchdog_lease", &self.watchdog_lease)
+            .field("wait_for_replicas", &self.replicas)
             .finish()
     }
 }
@@ -77,6 +98,7 @@ impl Default for LockManagerBuilder {
             prefix: "lock".to_owned(),
             command_timeout: Duration::from_secs(1),
             watchdog_lease: lease::DEFAULT_WATCHDOG_LEASE,
+            replicas: None,
             #[cfg(feature = "tls")]
             root_cert: None,
         }
@@ -88,6 +110,36 @@ impl LockManagerBuilder {
     /// `tls` feature. Default `redis://127.0.0.1:6379`.
     pub fn url(mut self, url: &str) -> Self {
         self.deployment = Deployment::Single(url.to_owned());
+        self
+    }
+
+    /// Redlock over independent Redis masters (3 or 5, usually), each at a URL as for
+    /// [`url`](Self::url): a lock is held while a majority of them grant it, within its validity
+    /// (`lease − time taken − drift`); the pool size, timeouts, TLS and key prefix apply to each.
+    /// See the crate docs, *Deployments*, for what this does and does not guarantee.
+    pub fn redlock<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.deployment =
+            Deployment::Redlock(urls.into_iter().map(|u| u.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// A Redis Cluster, reached through any of its nodes at `urls` (as for [`url`](Self::url);
+    /// the client discovers the others). Scripts run on the master of each lock's slot; redirects,
+    /// failovers and slot migrations are followed. The pool size does not apply (the cluster client
+    /// keeps one multiplexed connection per node). Release notifications use classic pub/sub
+    /// through the first URL's node. See the crate docs, *Deployments*, for the guarantees.
+    #[cfg(feature = "cluster")]
+    pub fn cluster<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.deployment =
+            Deployment::Cluster(urls.into_iter().map(|u| u.as_ref().to_owned()).collect());
         self
     }
 
@@ -126,6 +178,20 @@ impl LockManagerBuilder {
         self
     }
 
+    /// After each acquisition, waits (`WAIT replicas timeout`, pipelined with the acquisition on
+    /// the same connection: no extra round trip) until `replicas` replicas have it; with fewer
+    /// acknowledgements within `timeout` the lock is released again and the call fails with
+    /// [`LockError::NotReplicated`]. Narrows the window in which a failover loses a lock — it does
+    /// not close it: replication stays asynchronous, and a replica that did not acknowledge can
+    /// still be promoted. `timeout` must be shorter than the command timeout; `WAIT` holds up
+    /// the commands queued behind it on its connection for up to that long. For one server with
+    /// replicas, or a cluster (the `WAIT` goes to the lock's master); not Redlock, whose nodes are
+    /// independent masters. Off by default.
+    pub fn wait_for_replicas(mut self, replicas: u64, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Trusts this PEM root certificate for `rediss://` (instead of the system's roots).
     #[cfg(feature = "tls")]
     pub fn tls_root_certificate_pem(mut self, pem: Vec<u8>) -> Self {
@@ -140,6 +206,42 @@ impl LockManagerBuilder {
                  use e.g. `lock` or `myapp:lock`",
                 self.prefix
             )));
+        }
+        if let Deployment::Redlock(urls) = &self.deployment {
+            if urls.is_empty() {
+                return Err(LockError::config(
+                    "Redlock without nodes: give the URLs of 3 or 5 independent masters",
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = urls.iter().find(|u| !seen.insert(u.as_str())) {
+                return Err(LockError::config(format!(
+                    "Redlock node `{}` given twice: each node must be a different, independent \
+                     master",
+                    redact_url(twice)
+                )));
+            }
+        }
+        #[cfg(feature = "cluster")]
+        if matches!(&self.deployment, Deployment::Cluster(urls) if urls.is_empty()) {
+            return Err(LockError::config(
+                "Redis Cluster without nodes: give the URL of at least one node",
+            ));
+        }
+        if let Some((_, timeout)) = self.replicas {
+            if matches!(self.deployment, Deployment::Redlock(_)) {
+                return Err(LockError::config(
+                    "wait_for_replicas applies to one server or a cluster with replicas, not to \
+                     Redlock, whose nodes are independent masters",
+                ));
+            }
+            if timeout >= self.command_timeout || timeout.is_zero() {
+                return Err(LockError::config(format!(
+                    "wait_for_replicas timeout of {timeout:?} must be above zero and below the \
+                     command timeout ({:?}), which bounds the acquisition and its WAIT together",
+                    self.command_timeout
+                )));
+            }
         }
         if self.command_timeout.is_zero() {
             return Err(LockError::config(
@@ -176,6 +278,46 @@ impl LockManagerBuilder {
         redis::Client::open(url).map_err(config)
     }
 
+    /// The connection settings of one server.
+    fn config(&self, url: &str) -> Result<RedisConfig, LockError> {
+        Ok(RedisConfig {
+            client: self.client(url)?,
+            shown_url: redact_url(url),
+            pool_size: self.pool_size,
+            timeout: self.command_timeout,
+        })
+    }
+
+    #[cfg(feature = "cluster")]
+    fn cluster_config(&self, urls: &[String]) -> Result<ClusterConfig, LockError> {
+        let config = |e: redis::RedisError| {
+            let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+            LockError::config(format!("{}: {e}", shown.join(", ")))
+        };
+        #[cfg(feature = "tls")]
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let builder = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+            .connection_timeout(self.command_timeout)
+            .response_timeout(self.command_timeout);
+        #[cfg(feature = "tls")]
+        let builder = match &self.root_cert {
+            Some(pem) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            }),
+            None => builder,
+        };
+        Ok(ClusterConfig {
+            client: builder.build().map_err(config)?,
+            subscriber: self.client(&urls[0])?,
+            shown_urls: urls.iter().map(|u| redact_url(u)).collect(),
+            timeout: self.command_timeout,
+            replicas: self.replicas,
+        })
+    }
+
     /// Builds the manager. On Redis it connects first (one `PING`, so a wrong URL or password
     /// fails here, as [`LockError::Backend`]); a configuration that cannot work fails as
     /// [`LockError::Config`] without connecting.
@@ -196,6 +338,35 @@ impl LockManagerBuilder {
                     &waiters,
                 )
                 .await?;
+                let backend: Arc<dyn Backend> = match self.replicas {
+                    Some((n, timeout)) => Arc::new(Replicated::new(backend, n, timeout)),
+                    None => Arc::new(backend),
+                };
+                Ok(LockManager::from_parts(
+                    backend,
+                    waiters,
+                    self.prefix,
+                    self.watchdog_lease,
+                ))
+            }
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(urls) => {
+                let waiters = Arc::new(Waiters::new());
+                let backend = ClusterBackend::connect(self.cluster_config(urls)?, &waiters).await?;
+                Ok(LockManager::from_parts(
+                    Arc::new(backend),
+                    waiters,
+                    self.prefix,
+                    self.watchdog_lease,
+                ))
+            }
+            Deployment::Redlock(urls) => {
+                let configs = urls
+                    .iter()
+                    .map(|url| self.config(url))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let waiters = Arc::new(Waiters::new());
+                let backend = RedlockBackend::connect(configs, &waiters).await?;
                 Ok(LockManager::from_parts(
                     Arc::new(backend),
                     waiters,

@@ -91,6 +91,19 @@ impl LockManager {
         Self::builder().url(url).build().await
     }
 
+    /// A manager on Redlock over the independent Redis masters at `urls`, with the default
+    /// configuration (see [`LockManagerBuilder::redlock`]).
+    pub async fn redlock<S: AsRef<str>>(urls: &[S]) -> Result<LockManager, LockError> {
+        Self::builder().redlock(urls).build().await
+    }
+
+    /// A manager on the Redis Cluster reached through `urls` (any of its nodes), with the default
+    /// configuration (see [`LockManagerBuilder::cluster`]).
+    #[cfg(feature = "cluster")]
+    pub async fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<LockManager, LockError> {
+        Self::builder().cluster(urls).build().await
+    }
+
     /// Configures a manager.
     pub fn builder() -> LockManagerBuilder {
         LockManagerBuilder::default()

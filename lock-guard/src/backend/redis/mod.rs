@@ -2,7 +2,11 @@
 //! (`conn.rs`), and one subscriber connection for release notifications (`subscriber.rs`).
 
 mod conn;
-mod scripts;
+mod node;
+#[cfg(feature = "cluster")]
+pub(crate) use self::node::{AcquireArgs, millis_arg, spawn_subscriber};
+mod replicas;
+pub(crate) mod scripts;
 mod subscriber;
 
 use std::fmt;
@@ -15,6 +19,7 @@ use redis::{Client, ErrorKind, ServerErrorKind};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
+pub(crate) use self::replicas::Replicated;
 use self::scripts::{Lua, scripts};
 use self::subscriber::Requests;
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};

@@ -8,13 +8,13 @@ use redis::{Cmd, Script};
 /// `redis::Script::invoke_async` answers `NOSCRIPT` with `SCRIPT LOAD` and a second `EVALSHA`
 /// (two more round trips); keeping the source lets a `NOSCRIPT` be answered with one `EVAL`, which
 /// runs the script and fills the cache at once.
-pub(super) struct Lua {
+pub(crate) struct Lua {
     script: Script,
     source: &'static str,
 }
 
 impl Lua {
-    fn new(source: &'static str) -> Self {
+    pub(crate) fn new(source: &'static str) -> Self {
         Lua {
             script: Script::new(source),
             source,
@@ -22,7 +22,7 @@ impl Lua {
     }
 
     /// `EVALSHA` (or, with `eval`, `EVAL`) of this script with `keys` and `args`.
-    pub(super) fn command(&self, eval: bool, keys: &[&str], args: &[&[u8]]) -> Cmd {
+    pub(crate) fn command(&self, eval: bool, keys: &[&str], args: &[&[u8]]) -> Cmd {
         let size = keys.iter().map(|k| k.len()).sum::<usize>()
             + args.iter().map(|a| a.len()).sum::<usize>()
             + 48
@@ -45,13 +45,13 @@ impl Lua {
 }
 
 /// The acquire, release and renew scripts.
-pub(super) struct Scripts {
-    pub(super) acquire: Lua,
-    pub(super) release: Lua,
-    pub(super) renew: Lua,
+pub(crate) struct Scripts {
+    pub(crate) acquire: Lua,
+    pub(crate) release: Lua,
+    pub(crate) renew: Lua,
 }
 
-pub(super) fn scripts() -> &'static Scripts {
+pub(crate) fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
         acquire: Lua::new(include_str!("../../scripts/acquire.lua")),
