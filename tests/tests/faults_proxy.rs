@@ -382,8 +382,9 @@ fn release_notifications_survive_the_runtime_that_built_the_manager() {
 /// cleanup release must not overtake it. With two pooled connections, a cleanup sent on the other
 /// one reaches Redis first, finds nothing to release, and the acquisition arriving after it keeps
 /// the lock for the whole lease, held by nobody. Released behind the acquisition on the same
-/// connection, the lock is free as soon as both arrive. The request is held for less than a
-/// command timeout after the call gave up (the cleanup's own reply still comes in time).
+/// connection, the lock is free as soon as both arrive. Rounds 0–3 hold the request for less than
+/// a command timeout after the call gave up (the cleanup's own reply still comes in time); rounds
+/// 4–5 for a second, so that the cleanup's reply times out too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
     let server = RedisServer::start();
@@ -407,9 +408,10 @@ async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
             .await
             .unwrap();
     }
-    for round in 0..4u32 {
+    for round in 0..6u32 {
         let wait = Duration::from_millis(if round % 2 == 0 { 0 } else { 500 });
         let key = LockKey::new("abandoned").part(round);
+        let held_after = Duration::from_millis(if round < 4 { 100 } else { 1000 });
         // The next script call — this acquisition — is held on its own connection only.
         proxy.trap(Direction::Up, b"EVALSHA");
         let start = Instant::now();
@@ -434,12 +436,13 @@ async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
             "failed after {took:?} (wait {wait:?})"
         );
         // Time for the cleanup to go out (and, on another connection, to reach Redis first).
-        sleep(Duration::from_millis(100)).await;
+        sleep(held_after).await;
         let freed = Instant::now();
         proxy.free_trapped();
         let takeover = taken_after(&direct, &key, freed).await;
         eprintln!(
-            "abandoned acquisition round {round}: lock free {takeover:?} after the request arrived"
+            "abandoned acquisition round {round} (held {held_after:?} after the call): lock free \
+             {takeover:?} after the request could arrive"
         );
         assert!(
             takeover < Duration::from_secs(1),
