@@ -1,13 +1,13 @@
 //! A TCP proxy between lock managers and a `redis-server`, for injecting network faults: latency
-//! per direction, one direction stalled (bytes held, not lost), every connection cut now, new
-//! connections refused.
+//! per direction, one direction stalled (bytes held, not lost) on every connection or on the one
+//! connection that sends a given request next, every connection cut now, new connections refused.
 //!
 //! The proxy runs on a runtime of its own (a thread), so the faults it injects do not depend on
 //! the test's runtime, and a test that blocks its own runtime does not stall the proxy.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -52,7 +52,19 @@ struct Controls {
     cuts: watch::Sender<u64>,
     refuse: AtomicBool,
     accepted: AtomicU64,
+    /// The armed trap, if any: the next request containing the pattern holds the direction of its
+    /// connection; the number is the trap's generation.
+    trap: Mutex<Option<(Vec<u8>, Direction, u64)>>,
+    /// The generation whose trapped connections are held now (0: none).
+    held: watch::Sender<u64>,
+    generations: AtomicU64,
+    /// Traps that caught a connection.
+    sprung: AtomicU64,
 }
+
+/// Per connection: the trap generation that holds each direction (0: none).
+#[derive(Debug, Default)]
+struct Trapped([AtomicU64; 2]);
 
 const fn index(direction: Direction) -> usize {
     match direction {
@@ -73,6 +85,10 @@ impl Proxy {
             cuts: watch::channel(0).0,
             refuse: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            trap: Mutex::new(None),
+            held: watch::channel(0).0,
+            generations: AtomicU64::new(0),
+            sprung: AtomicU64::new(0),
         });
         let (shutdown, stop) = tokio::sync::oneshot::channel();
         let thread = thread::Builder::new()
@@ -121,6 +137,30 @@ impl Proxy {
     /// connection, open or new. Held bytes are forwarded, in order, once the stall ends.
     pub fn stall(&self, direction: Direction, stalled: bool) {
         self.controls.stalled[index(direction)].send_replace(stalled);
+    }
+
+    /// Arms a one-shot trap: the next request (client to Redis) whose bytes contain `pattern`
+    /// holds `direction` of *its* connection only — that request included for
+    /// [`Direction::Up`], its reply and every later one for [`Direction::Down`] — until
+    /// [`free_trapped`](Self::free_trapped). Other connections, open or new, are not affected.
+    /// E.g. `trap(Direction::Up, b"EVALSHA")` holds the next script call and whatever follows it
+    /// on the same connection; `trap(Direction::Down, b"SUBSCRIBE")` holds the subscriber's
+    /// confirmations. Arming a trap frees the connections an earlier one caught.
+    pub fn trap(&self, direction: Direction, pattern: &[u8]) {
+        let generation = self.controls.generations.fetch_add(1, SeqCst) + 1;
+        *self.controls.trap.lock().unwrap() = Some((pattern.to_vec(), direction, generation));
+        self.controls.held.send_replace(generation);
+    }
+
+    /// How many traps caught a connection so far.
+    pub fn trapped(&self) -> u64 {
+        self.controls.sprung.load(SeqCst)
+    }
+
+    /// Disarms the trap and lets the bytes of every trapped connection through, in order.
+    pub fn free_trapped(&self) {
+        self.controls.trap.lock().unwrap().take();
+        self.controls.held.send_replace(0);
     }
 
     /// Closes every open connection now, both sides; bytes held by a stall are lost.
@@ -173,30 +213,56 @@ async fn accept_loop(listener: TcpListener, target: u16, controls: Arc<Controls>
             let _ = server.set_nodelay(true);
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
+            let trapped = Arc::new(Trapped::default());
             tokio::select! {
                 _ = cut.changed() => {}
-                () = pump(cr, sw, controls.clone(), Direction::Up) => {}
-                () = pump(sr, cw, controls.clone(), Direction::Down) => {}
+                () = pump(cr, sw, controls.clone(), trapped.clone(), Direction::Up) => {}
+                () = pump(sr, cw, controls.clone(), trapped, Direction::Down) => {}
             }
             // Dropping both halves of both sockets closes the connection on each side.
         });
     }
 }
 
-/// Copies `from` to `to`, each chunk delayed by the direction's latency and held while stalled.
-async fn pump<R, W>(mut from: R, mut to: W, controls: Arc<Controls>, direction: Direction)
-where
+/// Springs the armed trap on this connection if `request` contains its pattern.
+fn spring(controls: &Controls, trapped: &Trapped, request: &[u8]) {
+    let mut trap = controls.trap.lock().unwrap();
+    let hit = trap.as_ref().is_some_and(|(pattern, _, _)| {
+        request
+            .windows(pattern.len().max(1))
+            .any(|w| w == pattern.as_slice())
+    });
+    if hit && let Some((_, direction, generation)) = trap.take() {
+        trapped.0[index(direction)].store(generation, SeqCst);
+        controls.sprung.fetch_add(1, SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, each chunk delayed by the direction's latency and held while stalled
+/// (every connection) or trapped (this one).
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    controls: Arc<Controls>,
+    trapped: Arc<Trapped>,
+    direction: Direction,
+) where
     R: AsyncReadExt + Unpin + Send + 'static,
     W: AsyncWriteExt + Unpin,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let delay = controls.clone();
+    let trap = trapped.clone();
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
+                    if direction == Direction::Up {
+                        // Before the chunk is handed on, so a trapped request is held itself.
+                        spring(&delay, &trap, &buf[..n]);
+                    }
                     let latency = Duration::from_micros(delay.delay[index(direction)].load(SeqCst));
                     if tx
                         .send((Instant::now() + latency, buf[..n].to_vec()))
@@ -210,10 +276,20 @@ where
     };
     let writer = async move {
         let mut stalled = controls.stalled[index(direction)].subscribe();
+        let mut held = controls.held.subscribe();
         while let Some((due, bytes)) = rx.recv().await {
             sleep_until(due).await;
-            if stalled.wait_for(|s| !*s).await.is_err() {
-                return;
+            loop {
+                if stalled.wait_for(|s| !*s).await.is_err() {
+                    return;
+                }
+                let generation = trapped.0[index(direction)].load(SeqCst);
+                if generation == 0 || *held.borrow_and_update() != generation {
+                    break;
+                }
+                if held.changed().await.is_err() {
+                    return;
+                }
             }
             if to.write_all(&bytes).await.is_err() {
                 return;

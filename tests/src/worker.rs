@@ -65,6 +65,14 @@ impl Worker {
         }
     }
 
+    /// Moves the lines the worker printed so far into [`seen`](Self::seen) without waiting, so the
+    /// next [`line`](Self::line) returns a line printed from now on.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// Reads every line until the worker's output ends (or `within` passes); returns them all.
     pub async fn finish(&mut self, within: Duration) -> Vec<String> {
         while self.line("\u{0}", within).await.is_some() {}

@@ -377,3 +377,140 @@ fn release_notifications_survive_the_runtime_that_built_the_manager() {
         }
     });
 }
+
+/// An acquisition whose request is held on its connection until the call has timed out: the
+/// cleanup release must not overtake it. With two pooled connections, a cleanup sent on the other
+/// one reaches Redis first, finds nothing to release, and the acquisition arriving after it keeps
+/// the lock for the whole lease, held by nobody. Released behind the acquisition on the same
+/// connection, the lock is free as soon as both arrive. Rounds 0–3 hold the request for less than
+/// a command timeout after the call gave up (the cleanup's own reply still comes in time); rounds
+/// 4–5 for a second, so that the cleanup's reply times out too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let locks = LockManager::builder()
+        .url(&proxy.url())
+        .pool_size(2)
+        .command_timeout(COMMAND_TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let direct = server.manager().await;
+    // Both pooled connections open, the scripts loaded.
+    for i in 0..4 {
+        let key = LockKey::new("abandoned").part(format!("warm-{i}"));
+        locks
+            .lock(&key, LockOptions::new().wait(Duration::ZERO))
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    for round in 0..6u32 {
+        let wait = Duration::from_millis(if round % 2 == 0 { 0 } else { 500 });
+        let key = LockKey::new("abandoned").part(round);
+        let held_after = Duration::from_millis(if round < 4 { 100 } else { 1000 });
+        // The next script call — this acquisition — is held on its own connection only.
+        proxy.trap(Direction::Up, b"EVALSHA");
+        let start = Instant::now();
+        let result = timeout(
+            Duration::from_secs(5),
+            locks.lock(&key, LockOptions::new().wait(wait).lease(LEASE)),
+        )
+        .await
+        .expect("the call hung");
+        let took = start.elapsed();
+        assert_eq!(
+            proxy.trapped(),
+            u64::from(round) + 1,
+            "the acquisition was not held"
+        );
+        assert!(
+            result.is_err(),
+            "acquired through a held request: {result:?}"
+        );
+        assert!(
+            took <= wait + COMMAND_TIMEOUT + EPSILON,
+            "failed after {took:?} (wait {wait:?})"
+        );
+        // Time for the cleanup to go out (and, on another connection, to reach Redis first).
+        sleep(held_after).await;
+        let freed = Instant::now();
+        proxy.free_trapped();
+        let takeover = taken_after(&direct, &key, freed).await;
+        eprintln!(
+            "abandoned acquisition round {round} (held {held_after:?} after the call): lock free \
+             {takeover:?} after the request could arrive"
+        );
+        assert!(
+            takeover < Duration::from_secs(1),
+            "the cleanup overtook the acquisition: the lock was held by nobody for {takeover:?} \
+             (lease {LEASE:?})"
+        );
+    }
+}
+
+/// The wait never overruns by more than one command timeout: a waiter (wait 100 ms) whose
+/// subscription is never confirmed (the subscriber's replies held) gives up once its wait and one
+/// command timeout are over, and does not then start another try of a command timeout of its own
+/// (requests stalled from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_subscription_does_not_double_the_wait_overrun() {
+    let command_timeout = Duration::from_millis(500);
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let locks = LockManager::builder()
+        .url(&proxy.url())
+        .command_timeout(command_timeout)
+        .build()
+        .await
+        .unwrap();
+    let holder = server.manager().await;
+    let mut worst = Duration::ZERO;
+    for round in 0..3u32 {
+        let wait = Duration::from_millis(100);
+        let key = LockKey::new("overrun").part(round);
+        let held = holder
+            .lock(&key, LockOptions::new().lease(LEASE))
+            .await
+            .unwrap();
+        // The subscriber's confirmation of this key's channel is held.
+        proxy.trap(Direction::Down, b"SUBSCRIBE");
+        let start = Instant::now();
+        let call = tokio::spawn({
+            let (locks, key) = (locks.clone(), key.clone());
+            async move { locks.lock(&key, LockOptions::new().wait(wait)).await }
+        });
+        eventually(
+            Duration::from_secs(2),
+            "the SUBSCRIBE was caught",
+            || async { proxy.trapped() == u64::from(round) + 1 },
+        )
+        .await;
+        // Every request from now on is held: a try after the unconfirmed subscription would take
+        // a whole command timeout.
+        proxy.stall(Direction::Up, true);
+        let result = timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call hung")
+            .unwrap();
+        let took = start.elapsed();
+        worst = worst.max(took.saturating_sub(wait));
+        eprintln!(
+            "unconfirmed subscription round {round}: {:?} after {took:?}",
+            result.as_ref().err()
+        );
+        assert!(result.is_err(), "acquired a held lock: {result:?}");
+        assert!(
+            took <= wait + command_timeout + EPSILON,
+            "returned after {took:?}: more than wait {wait:?} + one command timeout \
+             {command_timeout:?}"
+        );
+        proxy.stall(Direction::Up, false);
+        proxy.free_trapped();
+        held.release().await.unwrap();
+    }
+    eprintln!("unconfirmed subscription: worst overrun past wait {worst:?}");
+}

@@ -359,3 +359,135 @@ async fn no_subscription_outlives_its_waiters() {
         eprintln!("round {round}: channels empty {took:?} after the last waiter");
     }
 }
+
+/// Waits until `PUBSUB CHANNELS` is empty (at most the unsubscribe grace of 500 ms and 1.5 s of
+/// slack); returns how long it took.
+async fn no_channel_left(server: &RedisServer, what: &str) -> Duration {
+    eventually(Duration::from_secs(2), what, || async {
+        server.pubsub_channels().await.is_empty()
+    })
+    .await
+}
+
+/// The subscriber reconnects (`CLIENT KILL TYPE pubsub`) while a call that never asked for
+/// notifications is in flight (an uncontended acquisition held up by `CLIENT PAUSE WRITE`; a
+/// waiter on another key keeps the subscriber in pub/sub mode so it can be killed): the reconnect
+/// must subscribe only the channels of queues that asked, or unsubscribe the others once idle — a
+/// channel subscribed for a queue that never asked is never unsubscribed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_after_a_reconnect_leaves_no_channel_behind() {
+    let server = RedisServer::start();
+    let (locks, holder) = (
+        manager(&server, Duration::from_secs(2)).await,
+        server.manager().await,
+    );
+    for round in 0..3 {
+        let anchor = LockKey::new("subs-anchor").part(round);
+        let held = holder
+            .lock(&anchor, LockOptions::new().lease(LEASE_10S))
+            .await
+            .unwrap();
+        let anchored = tokio::spawn({
+            let (locks, anchor) = (locks.clone(), anchor.clone());
+            async move {
+                locks
+                    .lock(&anchor, LockOptions::new().wait(Duration::from_secs(5)))
+                    .await
+            }
+        });
+        eventually(
+            Duration::from_secs(2),
+            "the anchor waiter subscribed",
+            || async { server.pubsub_channels().await.len() == 1 },
+        )
+        .await;
+        let key = LockKey::new("subs-reconnect").part(round);
+        pause(&server, Duration::from_millis(800), PauseMode::Write).await;
+        let call = tokio::spawn({
+            let (locks, key) = (locks.clone(), key.clone());
+            async move {
+                locks
+                    .lock(&key, LockOptions::new().wait(Duration::from_secs(3)))
+                    .await
+            }
+        });
+        // The acquisition is held by the pause (scripts are writes) while the subscriber
+        // reconnects.
+        sleep(Duration::from_millis(100)).await;
+        assert!(
+            !call.is_finished(),
+            "the acquisition was not held by the pause"
+        );
+        assert!(
+            server.kill_pubsub_clients().await >= 1,
+            "no subscriber to kill"
+        );
+        let guard = timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call hung")
+            .unwrap()
+            .expect("an uncontended lock is taken once the pause ends");
+        guard.release().await.unwrap();
+        held.release().await.unwrap();
+        let anchor_guard = timeout(Duration::from_secs(5), anchored)
+            .await
+            .expect("the anchor waiter hung")
+            .unwrap()
+            .expect("the anchor waiter gets the lock");
+        anchor_guard.release().await.unwrap();
+        let took = no_channel_left(&server, "no channel left subscribed after a reconnect").await;
+        eprintln!("reconnect round {round}: channels empty {took:?} after the last release");
+    }
+}
+
+/// A channel lingers (its queue emptied a moment ago, 500 ms grace) when a new call on the same
+/// key arrives, whose first try gets the lock without ever asking for notifications (held up by
+/// `CLIENT PAUSE WRITE` across the end of the grace): the channel must still be unsubscribed once
+/// that call is gone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_channel_is_unsubscribed_after_a_queue_that_never_asked() {
+    let server = RedisServer::start();
+    let (locks, holder) = (
+        manager(&server, Duration::from_secs(2)).await,
+        server.manager().await,
+    );
+    for round in 0..3 {
+        let key = LockKey::new("subs-linger").part(round);
+        // A waiter subscribes, is woken by the release and takes the lock: its queue empties and
+        // the channel lingers for the grace period.
+        let held = holder
+            .lock(&key, LockOptions::new().lease(LEASE_10S))
+            .await
+            .unwrap();
+        let waiter = tokio::spawn({
+            let (locks, key) = (locks.clone(), key.clone());
+            async move {
+                locks
+                    .lock(&key, LockOptions::new().wait(Duration::from_secs(3)))
+                    .await
+            }
+        });
+        eventually(Duration::from_secs(2), "the waiter subscribed", || async {
+            server.pubsub_channels().await.len() == 1
+        })
+        .await;
+        held.release().await.unwrap();
+        let guard = waiter.await.unwrap().expect("the waiter gets the lock");
+        guard.release().await.unwrap();
+        // Within the grace: a new call, held by the pause past the grace's end, then acquiring
+        // on its first try.
+        pause(&server, Duration::from_millis(900), PauseMode::Write).await;
+        let guard = timeout(
+            Duration::from_secs(5),
+            locks.lock(&key, LockOptions::new().wait(Duration::from_secs(3))),
+        )
+        .await
+        .expect("the call hung")
+        .expect("a free lock is taken once the pause ends");
+        guard.release().await.unwrap();
+        let took = no_channel_left(&server, "no channel left subscribed after the grace").await;
+        eprintln!("linger round {round}: channels empty {took:?} after the last call");
+    }
+}
+
+const LEASE_10S: Duration = Duration::from_secs(10);

@@ -1,6 +1,7 @@
 //! A Jepsen-style run: several worker OS processes × tasks take a handful of keys
-//! while a nemesis freezes (SIGSTOP/SIGCONT), kills and restarts workers, and stalls
-//! (`CLIENT PAUSE`) or restarts Redis at random. Every critical section goes through the fenced
+//! while a nemesis freezes (SIGSTOP/SIGCONT), kills and restarts workers, freezes a worker whose
+//! bare-guard task is mid-section for longer than the lease (its late write must be fenced out),
+//! and stalls (`CLIENT PAUSE`) or restarts Redis at random. Every critical section goes through the fenced
 //! store (`begin` and `end`, timed by the store's clock); afterwards a checker proves that no two
 //! accepted sections of a key overlap and that accepted tokens only rise, and counts what was
 //! fenced out.
@@ -41,6 +42,7 @@ fn spawn_worker(server: &RedisServer, store: &RedisServer, remaining: Duration) 
             format!("keys={}", KEYS.join(",")),
             "mode=jepsen".to_owned(),
             "tasks=3".to_owned(),
+            "guard_tasks=1".to_owned(),
             "lease_ms=400".to_owned(),
             "wait_ms=1000".to_owned(),
             "command_timeout_ms=300".to_owned(),
@@ -61,15 +63,19 @@ async fn run(duration: Duration) {
         .map(|_| spawn_worker(&server, &store_server, duration))
         .collect();
     let mut retired: Vec<Worker> = Vec::new();
-    let mut faults = [0u32; 5]; // freeze, kill, pause all, pause write, restart redis
+    // freeze, kill, pause all, pause write, restart redis, freeze a bare-guard holder mid-section
+    let mut faults = [0u32; 6];
+    let mut stale_freezes_missed = 0u32;
     // Bounded in count as well as in time.
-    for _ in 0..1000 {
+    for step in 0..1000 {
         if Instant::now() + Duration::from_millis(700) >= end {
             break;
         }
         sleep(Duration::from_millis(200 + rng.below(400))).await;
         let w = rng.below(WORKERS as u64) as usize;
-        match rng.below(10) {
+        // The first fault freezes a bare-guard holder, so every run exercises the fencing.
+        let action = if step == 0 { 11 } else { rng.below(12) };
+        match action {
             0..=3 => {
                 workers[w].signal("STOP");
                 sleep(Duration::from_millis(200 + rng.below(600))).await;
@@ -93,9 +99,26 @@ async fn run(duration: Duration) {
                 pause(&server, Duration::from_millis(100 + rng.below(500)), mode).await;
                 faults[if mode == PauseMode::All { 2 } else { 3 }] += 1;
             }
-            _ => {
+            8 => {
                 server.restart();
                 faults[4] += 1;
+            }
+            _ => {
+                // A bare-guard holder frozen mid-section past its lease (400 ms): when thawed,
+                // it ends its section late, and the store must fence that write out.
+                workers[w].drain();
+                if workers[w]
+                    .line("BEGUN", Duration::from_secs(1))
+                    .await
+                    .is_some()
+                {
+                    workers[w].signal("STOP");
+                    sleep(Duration::from_millis(700 + rng.below(300))).await;
+                    workers[w].signal("CONT");
+                    faults[5] += 1;
+                } else {
+                    stale_freezes_missed += 1;
+                }
             }
         }
     }
@@ -122,8 +145,9 @@ async fn run(duration: Duration) {
         violations.extend(report.token_regressions);
     }
     eprintln!(
-        "jepsen: faults injected: {} freezes, {} kills, {} CLIENT PAUSE ALL, {} CLIENT PAUSE WRITE, {} Redis restarts",
-        faults[0], faults[1], faults[2], faults[3], faults[4]
+        "jepsen: faults injected: {} freezes, {} kills, {} CLIENT PAUSE ALL, {} CLIENT PAUSE WRITE, \
+         {} Redis restarts, {} bare-guard holders frozen mid-section ({} found none in 1 s)",
+        faults[0], faults[1], faults[2], faults[3], faults[4], faults[5], stale_freezes_missed
     );
     eprintln!(
         "jepsen: {sections} accepted sections in the store ({completed} reported by live workers), \

@@ -165,6 +165,12 @@ async fn jepsen(
     options: LockOptions,
 ) {
     let tasks: u64 = args.get("tasks").map_or(4, |v| v.parse().expect("tasks"));
+    // The first `guard_tasks` tasks hold a bare guard instead of running a bounded body: nothing
+    // stops such a section when its lease runs out (a frozen process, say); only the store's
+    // fencing rejects its late writes.
+    let guard_tasks: u64 = args
+        .get("guard_tasks")
+        .map_or(0, |v| v.parse().expect("guard_tasks"));
     let end = tokio::time::Instant::now() + args.ms("duration_ms", 5000);
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let mut set = tokio::task::JoinSet::new();
@@ -190,6 +196,15 @@ async fn jepsen(
                 let name = &keys[(next() % keys.len() as u64) as usize];
                 let key = LockKey::new("jepsen").part(name);
                 let pause = Duration::from_millis(next() % 15);
+                if task < guard_tasks {
+                    let result = guarded_section(&locks, &store, &key, name, options, pause).await;
+                    match result {
+                        Ok(true) => counts[0].fetch_add(1, Relaxed),
+                        Ok(false) => counts[1].fetch_add(1, Relaxed),
+                        Err(_) => counts[2].fetch_add(1, Relaxed),
+                    };
+                    continue;
+                }
                 let result = locks
                     .run(&key, options, async {
                         let token = lock_guard::fencing_token().expect("a token in the body");
@@ -221,4 +236,35 @@ async fn jepsen(
         counts[1].load(Relaxed),
         counts[2].load(Relaxed)
     ));
+}
+
+/// One section under a bare guard: `BEGUN` is printed once the store accepted its start, then the
+/// section lasts 20 ms more than `pause`, so a nemesis that reads the line can freeze the process
+/// mid-section.
+async fn guarded_section(
+    locks: &LockManager,
+    store: &FencedStore,
+    key: &LockKey,
+    name: &str,
+    options: LockOptions,
+    pause: Duration,
+) -> Result<bool, Failure> {
+    let guard = locks.lock(key, options).await?;
+    let token = guard.fencing_token();
+    let begin = store.begin(name, token).await.map_err(Failure::Store)?;
+    let accepted = if matches!(begin, Fenced::Rejected(_)) {
+        say(&format!("SECTION {name} {token} fenced skipped"));
+        false
+    } else {
+        say(&format!("BEGUN {name} {token}"));
+        tokio::time::sleep(pause + Duration::from_millis(20)).await;
+        let end = store.end(name, token).await.map_err(Failure::Store)?;
+        let accepted = matches!(end, Fenced::Accepted(_));
+        let word = if accepted { "accepted" } else { "fenced" };
+        say(&format!("SECTION {name} {token} guard {word}"));
+        accepted
+    };
+    // Reports `false` when the lease ran out meanwhile (the lock had moved on).
+    let _ = guard.release().await;
+    Ok(accepted)
 }
