@@ -2,8 +2,12 @@
 -- wake one waiter per process.
 -- KEYS[1] lock key, KEYS[2] release channel (the message: the token the lock is handed to, if any),
 -- KEYS[3] queue of waiting processes
--- ARGV[1] owner token, ARGV[2] how long a hand-over stays reserved, in ms
+-- ARGV[1] owner token, ARGV[2] how long a hand-over stays reserved, in ms, ARGV[3] (optional) 'z'
+-- to take the token out of the queue as well (the clean-up after an abandoned try)
 -- Returns 1 when released, 0 when the lock was no longer ours.
+if ARGV[3] == 'z' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] then
   redis.call('DEL', KEYS[1])

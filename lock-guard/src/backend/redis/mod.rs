@@ -237,7 +237,8 @@ impl Drop for Fuse<'_> {
         let give_up = Instant::now() + self.lease;
         background::spawn(async move {
             let handover_ms = millis(HANDOVER).to_string();
-            let args: [&[u8]; 2] = [token.as_bytes(), handover_ms.as_bytes()];
+            // `z`: the try may have registered in the queue; take that entry out too.
+            let args: [&[u8]; 3] = [token.as_bytes(), handover_ms.as_bytes(), b"z"];
             let names = [&*keys.lock, &*keys.channel, keys.queue.as_str()];
             let script = &scripts().release;
             // The same connection first: Redis answers a connection's commands in order, so this
