@@ -16,7 +16,10 @@
 //!
 //! runs the instances as separate OS processes (this program, re-executed with `--serve`), each
 //! with its own `LockManager` on Redis and its own pool to PostgreSQL: the lock holds across
-//! processes. Tables are named for the run and dropped at the end. Other options:
+//! processes. Instead of `REDIS_URL`, `REDIS_CLUSTER=host:port,host:port,…` runs the locks on a
+//! Redis Cluster (`LockManager::cluster`, through any of its nodes) and `REDLOCK=url,url,url` on
+//! Redlock over independent masters (`LockManager::redlock`); the first line of the output says
+//! which one is in use (passwords shown as `***`). Tables are named for the run and dropped at the end. Other options:
 //!
 //! ```text
 //! --serve [--port N] [--tables PREFIX]   serve one instance (prints `listening on http://…`);
@@ -37,7 +40,7 @@ use lock_guard_examples::driver::{BurstPlan, Driver, PhaseReport, Progress, Rout
 use lock_guard_examples::instance::Instance;
 use lock_guard_examples::keyword::{DEFAULT_WORK, KeywordService};
 use lock_guard_examples::setup::{
-    BoxError, DbSetup, LISTENING, LockSetup, ServerProcess, Setup, start_instances,
+    BoxError, DbSetup, LISTENING, ServerProcess, Setup, start_instances,
 };
 
 /// The command line.
@@ -147,7 +150,7 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
     );
     if !setup.shared_across_processes() {
         eprintln!(
-            "[pid {}] warning: without REDIS_URL and DATABASE_URL this instance shares locks and \
+            "[pid {}] warning: without a Redis (REDIS_URL, REDIS_CLUSTER or REDLOCK) and DATABASE_URL this instance shares locks and \
              rows with nobody",
             std::process::id()
         );
@@ -201,14 +204,14 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
             processes.push(ServerProcess::spawn(&exe, &child_args).await?);
         }
         println!(
-            "  instances: {n} separate OS processes ({} --serve), pids {}, one LockManager each \
-             on the same Redis, tables {}*",
+            "  instances: {n} separate OS processes ({} --serve), pids {}, {}, tables {}*",
             exe.file_name().unwrap_or_default().to_string_lossy(),
             processes
                 .iter()
                 .map(|p| p.id().map_or("?".to_owned(), |id| id.to_string()))
                 .collect::<Vec<_>>()
                 .join(", "),
+            setup.locks.sharing(),
             db.tables().prefix(),
         );
         let urls = processes.iter().map(|p| p.url().to_owned()).collect();
@@ -219,12 +222,7 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
         let db = setup.database().await?;
         let managers = setup.lock_managers(n).await?;
         let instances = start_instances(&db, &managers, args.work).await?;
-        let sharing = match setup.locks {
-            LockSetup::Memory => {
-                "sharing ONE LockManager::memory() (the instances' shared lock service)"
-            }
-            LockSetup::Redis(_) => "each with its own LockManager on the same Redis",
-        };
+        let sharing = setup.locks.sharing();
         println!(
             "  instances: {n} app instances in this process on {}, {sharing}; one database pool each",
             instances

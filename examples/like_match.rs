@@ -6,7 +6,9 @@
 //! ```
 //!
 //! needs nothing installed (embedded SQLite in memory, `LockManager::memory()` shared by two
-//! service instances). With `REDIS_URL` (one `LockManager` per instance on Redis) and/or
+//! service instances). With `REDIS_URL` (one `LockManager` per instance on Redis),
+//! `REDIS_CLUSTER=host:port,…` (on a Redis Cluster) or `REDLOCK=url,url,url` (Redlock over
+//! independent masters), and/or
 //! `DATABASE_URL=postgres://…` (tables named for the run, dropped at the end) it uses those.
 //!
 //! For every pair (a, b), `like(a, b)` goes to one instance and `like(b, a)` to the other at the
@@ -18,7 +20,7 @@ use std::process::ExitCode;
 
 use lock_guard_examples::LikeService;
 use lock_guard_examples::like::{DEFAULT_WORK, LikeReport, run_pairs, table};
-use lock_guard_examples::setup::{BoxError, DbSetup, LockSetup, Setup};
+use lock_guard_examples::setup::{BoxError, DbSetup, Setup};
 
 /// Instances of the service (each with its own pool; sharing or not the lock manager, see below).
 const INSTANCES: usize = 2;
@@ -61,10 +63,7 @@ async fn run(pairs: usize) -> Result<ExitCode, BoxError> {
     }
     println!(
         "  instances: {INSTANCES} service instances in this process, one database pool each, {}",
-        match setup.locks {
-            LockSetup::Memory => "sharing ONE LockManager::memory() (their shared lock service)",
-            LockSetup::Redis(_) => "each with its own LockManager on the same Redis",
-        }
+        setup.locks.sharing()
     );
     println!(
         "  like(a, b): record the like; if b liked a and they have no match: {} ms of work, insert \

@@ -15,6 +15,9 @@
 //! counter came out exact, no acquisition failed), whatever the performance targets say; 1 on an
 //! error (a bad argument included); 2 when a correctness check failed.
 
+mod cluster;
+mod deployments;
+mod deployments_report;
 mod distinct;
 mod floor;
 mod hand_rolled;
@@ -23,6 +26,7 @@ mod handoff_report;
 mod idle_wait;
 mod inspect;
 mod macros;
+mod redlock;
 mod report;
 mod saturated;
 mod stats;
@@ -102,6 +106,14 @@ pub(crate) enum Scenario {
     /// #[concurrency_guard] vs manager.run vs a manual guard
     #[value(name = "macro")]
     Macro,
+    /// A 3-master cluster (tests' harness): uncontended vs EVALSHA on the key's master, distinct
+    /// keys next to one server, hand-over
+    #[value(name = "cluster")]
+    Cluster,
+    /// Redlock over 3 masters: uncontended vs one concurrent EVALSHA round on all three,
+    /// distinct keys next to one server, hand-over
+    #[value(name = "redlock")]
+    Redlock,
 }
 
 /// How much each scenario does; `--quick` shrinks counts and windows, never the targets.
@@ -332,6 +344,8 @@ async fn bench(cli: &Cli, url: &str) -> Res<bool> {
             Scenario::IdleWait => reports.push(idle_wait::run(&ctx, &mut inspect).await?),
             Scenario::Distinct => reports.push(distinct::run(&ctx, &mut inspect).await?),
             Scenario::Macro => reports.push(macros::run(&ctx).await?),
+            Scenario::Cluster => reports.push(cluster::run(&ctx, &mut inspect).await?),
+            Scenario::Redlock => reports.push(redlock::run(&ctx, &mut inspect).await?),
         }
     }
 

@@ -6,7 +6,8 @@
 //!   `#[concurrency_guard(name = "like", key = lock_guard::unordered(from, to), …)]`;
 //! - [`db`]: the schema, on an embedded SQLite or PostgreSQL through `sqlx::Any`;
 //! - [`instance`], [`setup`]: app instances on loopback ports, in this process or as child
-//!   processes, on the lock service and database named by `REDIS_URL` and `DATABASE_URL`;
+//!   processes, on the lock service named by `REDIS_URL`, `REDIS_CLUSTER` or `REDLOCK` and the
+//!   database named by `DATABASE_URL`;
 //! - [`driver`]: bursts of concurrent duplicate requests, and the table of what got stored.
 //!
 //! Run `cargo run --example keyword_dedupe` and `cargo run --example like_match`.

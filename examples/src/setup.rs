@@ -1,5 +1,6 @@
-//! What the demos run on: the lock service and the database, chosen by `REDIS_URL` and
-//! `DATABASE_URL`; starting app instances in this process or as child processes.
+//! What the demos run on: the lock service, chosen by `REDIS_CLUSTER`, `REDLOCK` or `REDIS_URL`,
+//! and the database, chosen by `DATABASE_URL`; starting app instances in this process or as child
+//! processes.
 
 use std::error::Error;
 use std::io;
@@ -25,6 +26,29 @@ pub enum LockSetup {
     Memory,
     /// Redis at this URL: one manager per instance, as separate servers have.
     Redis(String),
+    /// A Redis Cluster reached through these nodes' URLs (`LockManager::cluster`), one manager
+    /// per instance.
+    Cluster(Vec<String>),
+    /// Redlock over these independent masters' URLs (`LockManager::redlock`), one manager per
+    /// instance.
+    Redlock(Vec<String>),
+}
+
+impl LockSetup {
+    /// Whether the instances share the lock service only through a server (not one manager).
+    pub fn is_server(&self) -> bool {
+        !matches!(self, LockSetup::Memory)
+    }
+
+    /// What the instances share, for the demos' "instances:" line.
+    pub fn sharing(&self) -> &'static str {
+        match self {
+            LockSetup::Memory => "sharing ONE LockManager::memory() (their shared lock service)",
+            LockSetup::Redis(_) => "each with its own LockManager on the same Redis",
+            LockSetup::Cluster(_) => "each with its own LockManager on the same Redis Cluster",
+            LockSetup::Redlock(_) => "each with its own LockManager on the same Redlock masters",
+        }
+    }
 }
 
 /// The database.
@@ -46,12 +70,39 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// `REDIS_URL` (else memory) and `DATABASE_URL` (else embedded SQLite); empty values count as
-    /// unset.
+    /// The lock service from `REDIS_CLUSTER=host:port,host:port,…` (a cluster, through any of its
+    /// nodes), else `REDLOCK=url,url,url` (independent masters), else `REDIS_URL` (one server),
+    /// else memory; the database from `DATABASE_URL` (else embedded SQLite). Empty values count
+    /// as unset; a node given as `host:port` gets `redis://`.
     pub fn from_env() -> Setup {
-        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Setup::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) with the variables read by `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Setup {
+        let var = |name| var(name).filter(|v| !v.trim().is_empty());
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|u| {
+                    if u.contains("://") {
+                        u.to_owned()
+                    } else {
+                        format!("redis://{u}")
+                    }
+                })
+                .collect()
+        };
+        let locks = if let Some(nodes) = var("REDIS_CLUSTER") {
+            LockSetup::Cluster(list(nodes))
+        } else if let Some(urls) = var("REDLOCK") {
+            LockSetup::Redlock(list(urls))
+        } else {
+            var("REDIS_URL").map_or(LockSetup::Memory, LockSetup::Redis)
+        };
         Setup {
-            locks: var("REDIS_URL").map_or(LockSetup::Memory, LockSetup::Redis),
+            locks,
             db: var("DATABASE_URL").map_or(DbSetup::Embedded, DbSetup::Url),
         }
     }
@@ -59,16 +110,25 @@ impl Setup {
     /// Whether instances can run as separate processes: they need a lock service and a database
     /// that outlive one process.
     pub fn shared_across_processes(&self) -> bool {
-        matches!(self.locks, LockSetup::Redis(_)) && matches!(self.db, DbSetup::Url(_))
+        self.locks.is_server() && matches!(self.db, DbSetup::Url(_))
     }
 
     /// One line on the lock service, one on the database, passwords hidden.
     pub fn describe(&self) -> [String; 2] {
         let locks = match &self.locks {
             LockSetup::Memory => "locks:    LockManager::memory() (in-process; no Redis needed; \
-                                  set REDIS_URL to use Redis)"
+                                  set REDIS_URL, REDIS_CLUSTER or REDLOCK to use Redis)"
                 .to_owned(),
             LockSetup::Redis(url) => format!("locks:    Redis at {}", redact(url)),
+            LockSetup::Cluster(nodes) => format!(
+                "locks:    Redis Cluster, LockManager::cluster(), through {}",
+                redact_all(nodes)
+            ),
+            LockSetup::Redlock(urls) => format!(
+                "locks:    Redlock over {} independent masters, LockManager::redlock(): {}",
+                urls.len(),
+                redact_all(urls)
+            ),
         };
         let db = match &self.db {
             DbSetup::Embedded => "database: embedded SQLite through sqlx, in memory (no server \
@@ -88,6 +148,20 @@ impl Setup {
                 let mut managers = Vec::with_capacity(instances);
                 for _ in 0..instances {
                     managers.push(LockManager::redis(url).await?);
+                }
+                Ok(managers)
+            }
+            LockSetup::Cluster(nodes) => {
+                let mut managers = Vec::with_capacity(instances);
+                for _ in 0..instances {
+                    managers.push(LockManager::cluster(nodes).await?);
+                }
+                Ok(managers)
+            }
+            LockSetup::Redlock(urls) => {
+                let mut managers = Vec::with_capacity(instances);
+                for _ in 0..instances {
+                    managers.push(LockManager::redlock(urls).await?);
                 }
                 Ok(managers)
             }
@@ -185,4 +259,12 @@ impl ServerProcess {
 /// `url` with any password replaced by `***`, exactly as the lock manager shows it.
 pub fn redact(url: &str) -> String {
     lock_guard::redact_url(url)
+}
+
+/// Each URL redacted, comma-separated.
+fn redact_all(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| redact(u))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
