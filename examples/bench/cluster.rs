@@ -41,7 +41,10 @@ pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
     let locks = manager().await?;
     let key = LockKey::new("uncontended").part(1);
     let redis_key = locks.redis_key(&key);
-    let master = cluster.master_of(cluster.slot(&redis_key).await).await.url();
+    let master = cluster
+        .master_of(cluster.slot(&redis_key).await)
+        .await
+        .url();
     let mut nodes = Nodes::connect(&urls, &replicas).await?;
     let through_client = ClusterClient::new(urls.clone())?
         .get_async_connection()
@@ -69,7 +72,10 @@ pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
         &mut r,
         &u,
         SHAPE,
-        &["EVALSHA on the key's master", "EVALSHA through the cluster client"],
+        &[
+            "EVALSHA on the key's master",
+            "EVALSHA through the cluster client",
+        ],
     );
 
     progress("cluster: distinct keys, the cluster and the one server in turn");
@@ -77,7 +83,10 @@ pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
     let results = distinct(ctx, &[&locks, &one], &mut nodes, single).await?;
     distinct_rows(
         &mut r,
-        &["cluster (3 masters), default manager", "one server, default manager"],
+        &[
+            "cluster (3 masters), default manager",
+            "one server, default manager",
+        ],
         &results,
         ctx.sizes.distinct_tasks,
         ctx.sizes.distinct_keys,
@@ -96,14 +105,17 @@ pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
     around.extend(floors[0].samples(Probe::SAMPLES).await?);
     let around = dist(&around);
     handoff_rows(&mut r, run, SHAPE, around);
-    r.set("formed_s", json!((formed.as_secs_f64() * 10.0).round() / 10.0));
+    r.set(
+        "formed_s",
+        json!((formed.as_secs_f64() * 10.0).round() / 10.0),
+    );
     progress(&format!(
         "cluster: uncontended p50 {} = {:.3} x 2 floor rounds, {:.2} round trips; distinct {:.0}/s vs {:.0}/s on one server",
         t(u.lat.p50),
         u.ratio,
         u.sent,
-        crate::stats::median(&results[0].0),
-        crate::stats::median(&results[1].0),
+        crate::stats::median(&results[0].ops),
+        crate::stats::median(&results[1].ops),
     ));
     drop(locks);
     drop(one);

@@ -39,7 +39,11 @@ pub(crate) struct RawFloor {
 impl RawFloor {
     /// Loads `return 1` on every node of `urls` (the cluster client's connection, if any, reaches
     /// nodes among them) and sends it with `key` as its key.
-    pub(crate) async fn new(urls: &[String], cluster: Option<ClusterConnection>, key: &str) -> Res<RawFloor> {
+    pub(crate) async fn new(
+        urls: &[String],
+        cluster: Option<ClusterConnection>,
+        key: &str,
+    ) -> Res<RawFloor> {
         let mut nodes = Vec::new();
         let mut sha = String::new();
         for url in urls {
@@ -122,16 +126,25 @@ impl Nodes {
 
     /// Seconds of CPU all nodes have used.
     pub(crate) async fn cpu(&mut self) -> Res<f64> {
-        let mut s = 0.0;
-        for n in self.serving.iter_mut().chain(&mut self.others) {
-            s += n.server_cpu().await?;
+        let (serving, others) = self.cpu_split().await?;
+        Ok(serving + others)
+    }
+
+    /// Seconds of CPU the serving nodes and the others (replicas) have used.
+    pub(crate) async fn cpu_split(&mut self) -> Res<(f64, f64)> {
+        let (mut serving, mut others) = (0.0, 0.0);
+        for n in &mut self.serving {
+            serving += n.server_cpu().await?;
         }
-        Ok(s)
+        for n in &mut self.others {
+            others += n.server_cpu().await?;
+        }
+        Ok((serving, others))
     }
 }
 
 /// The commands the serving nodes processed between two snapshots, summed.
-pub(crate) fn delta(before: &[Snapshot], after: &[Snapshot]) -> Delta {
+pub(crate) fn summed(before: &[Snapshot], after: &[Snapshot]) -> Delta {
     let mut d = Delta::default();
     for (b, a) in before.iter().zip(after) {
         d.add(&Delta::between(b, a));
@@ -181,7 +194,7 @@ pub(crate) async fn uncontended(
     for _ in 0..n.div_ceil(per_block) {
         let s0 = nodes.snapshot().await?;
         floor_blocks[0].push(floors[0].samples(per_block).await?);
-        floor_delta.add(&delta(&s0, &nodes.snapshot().await?));
+        floor_delta.add(&summed(&s0, &nodes.snapshot().await?));
         for (i, f) in floors.iter_mut().enumerate().skip(1) {
             floor_blocks[i].push(f.samples(per_block).await?);
         }
@@ -201,7 +214,7 @@ pub(crate) async fn uncontended(
         sent += locks.metrics().commands - m0.commands;
         server += cpu1 - cpu0;
         client += client1 - client0;
-        delta.add(&delta(&s0, &s1));
+        delta.add(&summed(&s0, &s1));
         lat_blocks.push(lat);
     }
     let ratio = paired_ratio(&lat_blocks, &floor_blocks[0]) / 2.0;
@@ -223,28 +236,36 @@ pub(crate) async fn uncontended(
     })
 }
 
+/// One variant of [`distinct`]: per round, ops/s and server CPU per acquire + release (µs): the
+/// deployment's serving nodes, its other nodes (replicas), the one server.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DistinctRuns {
+    pub(crate) ops: Vec<f64>,
+    pub(crate) cpu: Vec<[f64; 3]>,
+}
+
 /// Distinct keys: `ctx.sizes.distinct_tasks` tasks, each variant in turn on fresh keys, for
-/// `ctx.sizes.distinct_rounds` rounds. Per variant: ops/s per round, and server CPU (every node
-/// in `cpus`) per acquire + release per round.
+/// `ctx.sizes.distinct_rounds` rounds.
 pub(crate) async fn distinct(
     ctx: &Ctx,
     variants: &[&LockManager],
     nodes: &mut Nodes,
     single: &mut Inspect,
-) -> Res<Vec<(Vec<f64>, Vec<f64>)>> {
+) -> Res<Vec<DistinctRuns>> {
     let (keys, tasks) = (ctx.sizes.distinct_keys, ctx.sizes.distinct_tasks);
     for (i, locks) in variants.iter().enumerate() {
         distinct_library(locks, u64::MAX / 2 + (i * 1000) as u64, 2 * tasks, tasks).await?;
     }
-    let mut out = vec![(Vec::new(), Vec::new()); variants.len()];
+    let mut out = vec![DistinctRuns::default(); variants.len()];
     let mut base = 0u64;
     for _ in 0..ctx.sizes.distinct_rounds {
         for (i, locks) in variants.iter().enumerate() {
-            let cpu0 = nodes.cpu().await? + single.server_cpu().await?;
+            let ((a0, b0), c0) = (nodes.cpu_split().await?, single.server_cpu().await?);
             let secs = distinct_library(locks, base, keys, tasks).await?;
-            let cpu1 = nodes.cpu().await? + single.server_cpu().await?;
-            out[i].0.push(keys as f64 / secs);
-            out[i].1.push((cpu1 - cpu0) * 1e6 / keys as f64);
+            let ((a1, b1), c1) = (nodes.cpu_split().await?, single.server_cpu().await?);
+            let per = |x: f64| x * 1e6 / keys as f64;
+            out[i].ops.push(keys as f64 / secs);
+            out[i].cpu.push([per(a1 - a0), per(b1 - b0), per(c1 - c0)]);
             base += keys as u64;
         }
     }
@@ -311,7 +332,7 @@ pub(crate) async fn handoff(
         subscriber_commands,
         errors,
         counter: take_counter(&mut counter, &keys.counter).await?,
-        delta: delta(&s0, &s1),
+        delta: summed(&s0, &s1),
         hold: HOLD,
         think: THINK,
         // The callers measure their own floor around the run.

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::deployments::Uncontended;
+use crate::deployments::{DistinctRuns, Uncontended};
 use crate::handoff::HandoffRun;
 use crate::handoff_report::Figures;
 use crate::report::Report;
@@ -25,22 +25,30 @@ pub(crate) fn uncontended_rows(r: &mut Report, u: &Uncontended, shape: Shape, fl
         "acquire+release p50 / p99",
         format!("{} / {}", t(u.lat.p50), t(u.lat.p99)),
     );
-    r.target(
-        "round trips per acquire+release",
-        if shape.per_round > 1.0 {
+    if shape.per_round > 1.0 {
+        // Redlock: a round is one command to every node at once; a token written back to the
+        // nodes that issued a smaller one is a round of its own.
+        r.row(
+            "rounds per acquire+release",
             format!(
                 "{rounds:.3} ({:.2} commands sent, {} nodes at once)",
                 u.sent, shape.per_round
-            )
-        } else {
-            format!("{rounds:.3}")
-        },
-        "exactly 2",
-        (rounds - 2.0).abs() < 1e-9,
-    );
+            ),
+        );
+    } else {
+        r.target(
+            "round trips per acquire+release",
+            format!("{rounds:.3}"),
+            "exactly 2",
+            (rounds - 2.0).abs() < 1e-9,
+        );
+    }
     r.row(
         "Redis commands per acquire+release",
-        format!("{:.2} (all nodes)", u.delta.library_total() as f64 / u.n as f64),
+        format!(
+            "{:.2} (all nodes)",
+            u.delta.library_total() as f64 / u.n as f64
+        ),
     );
     r.row("  by command", u.delta.breakdown(u.n as f64));
     r.row(
@@ -96,40 +104,61 @@ pub(crate) fn uncontended_rows(r: &mut Report, u: &Uncontended, shape: Shape, fl
     r.set("ratio_to_floor", json!(round3(u.ratio)));
 }
 
-/// `results[i]` = (ops/s per round, server CPU µs per op per round) of `labels[i]`; the first is
-/// the deployment, the second the one server.
+/// The first of `results` is the deployment, the second the one server.
 pub(crate) fn distinct_rows(
     r: &mut Report,
     labels: &[&str],
-    results: &[(Vec<f64>, Vec<f64>)],
+    results: &[DistinctRuns],
     tasks: usize,
     keys: usize,
 ) {
     r.row("distinct: tasks / keys", format!("{tasks} / {keys}"));
-    for (label, (ops, cpu)) in labels.iter().zip(results) {
-        r.row(
-            label,
-            format!(
-                "{:.0}/s (rounds: {}); server CPU/op {:.1} µs (every node)",
-                median(ops),
-                list(ops),
-                median(cpu)
-            ),
-        );
-    }
-    let ratio = median(&results[0].0) / median(&results[1].0);
-    r.row(&format!("  {} / {}", labels[0].trim(), labels[1].trim()), format!("{ratio:.3}"));
+    let cpu = |d: &DistinctRuns, i: usize| median(&d.cpu.iter().map(|c| c[i]).collect::<Vec<_>>());
+    let (dep, one) = (&results[0], &results[1]);
+    let replicas = if dep.cpu.iter().any(|c| c[1] > 0.0) {
+        format!(", replicas {:.1} µs", cpu(dep, 1))
+    } else {
+        String::new()
+    };
+    r.row(
+        labels[0],
+        format!(
+            "{:.0}/s (rounds: {}); server CPU/op: nodes {:.1} µs{replicas}",
+            median(&dep.ops),
+            list(&dep.ops),
+            cpu(dep, 0),
+        ),
+    );
+    r.row(
+        labels[1],
+        format!(
+            "{:.0}/s (rounds: {}); server CPU/op {:.1} µs",
+            median(&one.ops),
+            list(&one.ops),
+            cpu(one, 2)
+        ),
+    );
+    let ratio = median(&dep.ops) / median(&one.ops);
+    r.row(
+        &format!(
+            "  {} / one server",
+            labels[0].split(',').next().unwrap_or("")
+        ),
+        format!("{ratio:.3}"),
+    );
+    let rounds = |d: &DistinctRuns| d.ops.iter().map(|x| x.round()).collect::<Vec<_>>();
     r.set(
         "distinct",
         json!({
             "tasks": tasks,
             "keys": keys,
-            "ops_per_s": median(&results[0].0).round(),
-            "rounds_ops_per_s": results[0].0.iter().map(|x| x.round()).collect::<Vec<_>>(),
-            "server_cpu_us_per_op": round3(median(&results[0].1)),
-            "one_server_ops_per_s": median(&results[1].0).round(),
-            "one_server_rounds_ops_per_s": results[1].0.iter().map(|x| x.round()).collect::<Vec<_>>(),
-            "one_server_cpu_us_per_op": round3(median(&results[1].1)),
+            "ops_per_s": median(&dep.ops).round(),
+            "rounds_ops_per_s": rounds(dep),
+            "nodes_cpu_us_per_op": round3(cpu(dep, 0)),
+            "replicas_cpu_us_per_op": round3(cpu(dep, 1)),
+            "one_server_ops_per_s": median(&one.ops).round(),
+            "one_server_rounds_ops_per_s": rounds(one),
+            "one_server_cpu_us_per_op": round3(cpu(one, 2)),
             "ratio_to_one_server": round3(ratio),
         }),
     );

@@ -14,8 +14,10 @@ use crate::stats::round3;
 
 /// Commands that the benchmark itself sends (inspection, the handoff counter, connection set-up):
 /// left out of the "Redis commands per acquisition" figures. The library uses none of them.
-pub(crate) const NOT_LIBRARY: [&str; 7] = [
+/// `replconf` is a cluster replica's acknowledgement to its master.
+pub(crate) const NOT_LIBRARY: [&str; 8] = [
     "info",
+    "replconf",
     "hget",
     "hset",
     "client|list",

@@ -66,7 +66,10 @@ pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
     let results = distinct(ctx, &[&locks, &one], &mut nodes, single).await?;
     distinct_rows(
         &mut r,
-        &["Redlock (3 masters), default manager", "one server, default manager"],
+        &[
+            "Redlock (3 masters), default manager",
+            "one server, default manager",
+        ],
         &results,
         ctx.sizes.distinct_tasks,
         ctx.sizes.distinct_keys,
@@ -89,8 +92,8 @@ pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
         t(u.lat.p50),
         u.ratio,
         u.sent,
-        median(&results[0].0),
-        median(&results[1].0),
+        median(&results[0].ops),
+        median(&results[1].ops),
     ));
     drop(locks);
     drop(one);

@@ -104,7 +104,10 @@ async fn keyword_demo_on_a_cluster_stores_each_keyword_once() {
 fn the_setup_reads_the_deployment_and_redacts_passwords() {
     let setup = setup_from(&[
         ("REDIS_URL", "redis://single:6379".to_owned()),
-        ("REDLOCK", "redis://:pw1@a:1,rediss://bob:pw2@b:2,c:3".to_owned()),
+        (
+            "REDLOCK",
+            "redis://:pw1@a:1,rediss://bob:pw2@b:2,c:3".to_owned(),
+        ),
         ("DATABASE_URL", "postgres://u:dbpw@h/db".to_owned()),
     ]);
     assert_eq!(
@@ -123,7 +126,10 @@ fn the_setup_reads_the_deployment_and_redacts_passwords() {
         "{locks}"
     );
     for secret in ["pw1", "pw2", "dbpw"] {
-        assert!(!locks.contains(secret) && !db.contains(secret), "{locks} {db}");
+        assert!(
+            !locks.contains(secret) && !db.contains(secret),
+            "{locks} {db}"
+        );
     }
 
     let cluster = setup_from(&[
