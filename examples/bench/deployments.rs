@@ -164,6 +164,8 @@ pub(crate) struct Uncontended {
     pub(crate) floors: Vec<Dist>,
     /// p50 / (2 × the first floor's p50), the median over paired blocks.
     pub(crate) ratio: f64,
+    /// The same against every floor, in the order given.
+    pub(crate) ratios: Vec<f64>,
     /// Seconds of server CPU (all nodes) and of this process, per acquire + release.
     pub(crate) server_us: f64,
     pub(crate) client_us: f64,
@@ -217,7 +219,11 @@ pub(crate) async fn uncontended(
         delta.add(&summed(&s0, &s1));
         lat_blocks.push(lat);
     }
-    let ratio = paired_ratio(&lat_blocks, &floor_blocks[0]) / 2.0;
+    let ratios: Vec<f64> = floor_blocks
+        .iter()
+        .map(|f| paired_ratio(&lat_blocks, f) / 2.0)
+        .collect();
+    let ratio = ratios[0];
     let lat = lat_blocks.concat();
     let n = lat.len();
     let floor_n = floor_blocks[0].iter().map(Vec::len).sum::<usize>();
@@ -228,6 +234,7 @@ pub(crate) async fn uncontended(
         n,
         floors: floor_blocks.iter().map(|b| dist(&b.concat())).collect(),
         ratio,
+        ratios,
         server_us: server * 1e6 / n as f64,
         client_us: client * 1e6 / n as f64,
         script_us: delta.script_usec as f64 / n as f64,

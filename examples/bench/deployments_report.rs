@@ -65,10 +65,14 @@ pub(crate) fn uncontended_rows(r: &mut Report, u: &Uncontended, shape: Shape, fl
             u.server_us, u.client_us
         ),
     );
-    for (name, d) in floors.iter().zip(&u.floors) {
+    for ((name, d), ratio) in floors.iter().zip(&u.floors).zip(&u.ratios) {
         r.row(
             &format!("{name} p50 / p99"),
-            format!("{} / {}", t(d.p50), t(d.p99)),
+            format!(
+                "{} / {} (acquire+release p50 / 2 of them: {ratio:.3})",
+                t(d.p50),
+                t(d.p99)
+            ),
         );
     }
     r.target(
@@ -102,6 +106,10 @@ pub(crate) fn uncontended_rows(r: &mut Report, u: &Uncontended, shape: Shape, fl
     );
     r.set("floor_p50_us", json!(us(u.floors[0].p50)));
     r.set("ratio_to_floor", json!(round3(u.ratio)));
+    r.set(
+        "ratios_to_floors",
+        json!(u.ratios.iter().map(|x| round3(*x)).collect::<Vec<_>>()),
+    );
 }
 
 /// The first of `results` is the deployment, the second the one server.
