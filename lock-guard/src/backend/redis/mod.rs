@@ -3,8 +3,6 @@
 
 mod conn;
 mod node;
-#[cfg(feature = "cluster")]
-pub(crate) use self::node::{AcquireArgs, millis_arg, spawn_subscriber};
 mod replicas;
 pub(crate) mod scripts;
 mod subscriber;
@@ -19,6 +17,9 @@ use redis::{Client, ErrorKind, ServerErrorKind};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
+pub(crate) use self::node::AcquireArgs;
+#[cfg(feature = "cluster")]
+pub(crate) use self::node::{millis_arg, spawn_subscriber};
 pub(crate) use self::replicas::Replicated;
 use self::scripts::{Lua, scripts};
 use self::subscriber::Requests;
@@ -131,17 +132,7 @@ impl RedisBackend {
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let keys = req.keys;
-        let lease_ms = millis(req.lease).to_string();
-        let retention = millis(req.lease + FENCE_RETENTION).to_string();
-        // The queue's order: when the caller registered, on its clock (the clocks of several
-        // machines only blur the order of turns, never exclusion).
-        let score = match req.register {
-            true => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros())
-                .to_string(),
-            false => "-".to_owned(),
-        };
+        let args = AcquireArgs::new(&req);
         // Until the reply is in, Redis may grant the lock: if this future is dropped or fails
         // before that, release the token on the connection the request went out on, so the
         // release cannot overtake it.
@@ -160,14 +151,7 @@ impl RedisBackend {
                 &keys.lock,
                 &scripts().acquire,
                 &[&keys.lock, &keys.fence, &keys.queue],
-                &[
-                    req.token.as_bytes(),
-                    lease_ms.as_bytes(),
-                    retention.as_bytes(),
-                    if req.others_wait { b"w" } else { b"-" },
-                    score.as_bytes(),
-                    if req.queued { b"q" } else { b"-" },
-                ],
+                &args.get(&req),
                 // The first request may have been applied before its connection died.
                 Some(b"r"),
                 Some(&sent_on),

@@ -45,7 +45,8 @@ impl AcquireArgs {
         AcquireArgs {
             lease_ms: millis(req.lease).to_string(),
             retention: millis(req.lease + FENCE_RETENTION).to_string(),
-            // The queue's order: when the caller registered, on its clock.
+            // The queue's order: when the caller registered, on its clock (the clocks of several
+            // machines only blur the order of turns, never exclusion).
             score: match req.register {
                 true => std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
