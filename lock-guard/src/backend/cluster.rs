@@ -49,8 +49,8 @@ use crate::waiting::Waiters;
 /// What [`ClusterBackend::connect`] needs.
 pub(crate) struct ClusterConfig {
     pub(crate) client: redis::cluster::ClusterClient,
-    /// The node the subscriber connects to.
-    pub(crate) subscriber: redis::Client,
+    /// The nodes the subscriber may connect to (the seed URLs, tried in turn).
+    pub(crate) subscriber: Vec<redis::Client>,
     /// The URLs with passwords redacted, for `Debug`.
     pub(crate) shown_urls: Vec<String>,
     pub(crate) timeout: Duration,

@@ -74,7 +74,7 @@ impl RedisBackend {
             })
             .await?;
         waiters.set_subscriptions(Box::new(Requests::start(
-            config.client,
+            vec![config.client],
             waiters,
             config.timeout,
             counters,

@@ -14,16 +14,16 @@ use crate::backend::{Counters, Keys, Try};
 use crate::error::LockError;
 use crate::waiting::{Subscriptions, Waiters};
 
-/// Starts a subscriber task for release notifications on `client`'s server (in a cluster, any
-/// node: classic `PUBLISH` reaches every node), delivering to `waiters`; the returned handler asks
-/// it for subscriptions.
+/// Starts a subscriber task for release notifications on one of `clients`' servers (in a cluster,
+/// any node: classic `PUBLISH` reaches every node; the next one is tried when a connection fails),
+/// delivering to `waiters`; the returned handler asks it for subscriptions.
 pub(crate) fn spawn_subscriber(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     waiters: &Arc<Waiters>,
     timeout: Duration,
     counters: Arc<Counters>,
 ) -> Box<dyn Subscriptions> {
-    Box::new(Requests::start(client, waiters, timeout, counters))
+    Box::new(Requests::start(clients, waiters, timeout, counters))
 }
 
 #[cfg(feature = "cluster")]
@@ -95,7 +95,8 @@ impl RedisBackend {
             counters: counters.clone(),
             shown_url: config.shown_url,
         };
-        let subscriptions = spawn_subscriber(config.client, waiters, config.timeout, counters);
+        let subscriptions =
+            spawn_subscriber(vec![config.client], waiters, config.timeout, counters);
         Ok((backend, subscriptions))
     }
 
