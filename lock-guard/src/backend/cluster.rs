@@ -39,11 +39,10 @@ use redis::{ErrorKind, Pipeline, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 
 use super::redis::scripts::{Lua, scripts};
-use super::redis::{AcquireArgs, millis_arg};
+use super::redis::{AcquireArgs, acquire_reply, millis_arg};
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
-use crate::lease;
 use crate::waiting::Waiters;
 
 /// What [`ClusterBackend::connect`] needs.
@@ -202,23 +201,7 @@ impl ClusterBackend {
                 wanted,
             });
         }
-        if taken == 1 {
-            let fence = u64::try_from(value).map_err(|_| {
-                LockError::backend(
-                    Some(&keys.lock),
-                    BackendError::Protocol(format!("negative fencing token {value}")),
-                )
-            })?;
-            Ok(Attempt::Acquired {
-                fence,
-                valid_until: lease::valid_until(sent, req.lease),
-            })
-        } else {
-            Ok(Attempt::Held(match value {
-                -2 => Some(Duration::ZERO),
-                v => u64::try_from(v).ok().map(Duration::from_millis),
-            }))
-        }
+        acquire_reply(keys, (taken, value), sent, req.lease)
     }
 
     /// The acquire script and `WAIT wanted wait` in one pipeline to the master of the lock's slot

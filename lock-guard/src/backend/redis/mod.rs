@@ -17,7 +17,7 @@ use redis::{Client, ErrorKind, ServerErrorKind};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
-pub(crate) use self::node::AcquireArgs;
+pub(crate) use self::node::{AcquireArgs, acquire_reply};
 #[cfg(feature = "cluster")]
 pub(crate) use self::node::{millis_arg, spawn_subscriber};
 pub(crate) use self::replicas::Replicated;
@@ -25,8 +25,7 @@ use self::scripts::{Lua, scripts};
 use self::subscriber::Requests;
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
-use crate::error::{BackendError, LockError};
-use crate::lease;
+use crate::error::LockError;
 use crate::waiting::Waiters;
 
 /// How long a fencing counter lives after its last acquisition (plus the lease). After that the
@@ -157,27 +156,9 @@ impl RedisBackend {
                 Some(&sent_on),
             )
             .await;
-        let (taken, value) = reply?;
+        let reply = reply?;
         fuse.armed = false;
-        if taken == 1 {
-            u64::try_from(value)
-                .map(|fence| Attempt::Acquired {
-                    fence,
-                    valid_until: lease::valid_until(sent, req.lease),
-                })
-                .map_err(|_| {
-                    LockError::backend(
-                        Some(&keys.lock),
-                        BackendError::Protocol(format!("negative fencing token {value}")),
-                    )
-                })
-        } else {
-            // PTTL: -1 means no expiry (set by hand), -2 that it vanished meanwhile.
-            Ok(Attempt::Held(match value {
-                -2 => Some(Duration::ZERO),
-                v => u64::try_from(v).ok().map(Duration::from_millis),
-            }))
-        }
+        acquire_reply(keys, reply, sent, req.lease)
     }
 
     async fn release_token(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {

@@ -10,8 +10,9 @@ use super::conn::Connections;
 use super::scripts::Lua;
 use super::subscriber::Requests;
 use super::{FENCE_RETENTION, RedisBackend, RedisConfig, millis};
-use crate::backend::{Counters, Keys, Try};
-use crate::error::LockError;
+use crate::backend::{Attempt, Counters, Keys, Try};
+use crate::error::{BackendError, LockError};
+use crate::lease;
 use crate::waiting::{Subscriptions, Waiters};
 
 /// Starts a subscriber task for release notifications on one of `clients`' servers (in a cluster,
@@ -68,6 +69,33 @@ impl AcquireArgs {
             if req.queued { b"q" } else { b"-" },
         ]
     }
+}
+
+/// What the acquire script's reply `{taken, value}` says: taken with the fencing token `value`,
+/// valid from `sent` for `lease`; or held, with `value` the holder's `PTTL`.
+pub(crate) fn acquire_reply(
+    keys: &Keys,
+    (taken, value): (i64, i64),
+    sent: tokio::time::Instant,
+    lease: Duration,
+) -> Result<Attempt, LockError> {
+    if taken != 1 {
+        // PTTL: -1 means no expiry (set by hand), -2 that it vanished meanwhile.
+        return Ok(Attempt::Held(match value {
+            -2 => Some(Duration::ZERO),
+            v => u64::try_from(v).ok().map(Duration::from_millis),
+        }));
+    }
+    let fence = u64::try_from(value).map_err(|_| {
+        LockError::backend(
+            Some(&keys.lock),
+            BackendError::Protocol(format!("negative fencing token {value}")),
+        )
+    })?;
+    Ok(Attempt::Acquired {
+        fence,
+        valid_until: lease::valid_until(sent, lease),
+    })
 }
 
 fn raise_fence_script() -> &'static Lua {
