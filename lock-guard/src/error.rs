@@ -140,6 +140,23 @@ pub enum BackendError {
     /// The connection pool failed to hand out a connection.
     #[error("connection pool: {0}")]
     Pool(String),
+    /// Redlock: too few nodes answered for a majority to grant (or refuse) the lock — nodes down,
+    /// frozen or unreachable, not holders.
+    #[error(
+        "{answered} of {nodes} Redlock nodes answered, a majority of {needed} is needed ({cause})"
+    )]
+    NoQuorum {
+        /// Nodes that answered.
+        answered: usize,
+        /// The majority.
+        needed: usize,
+        /// All nodes.
+        nodes: usize,
+        /// Whether every node that did not answer timed out (rather than failing otherwise).
+        timed_out: bool,
+        /// What the first silent node's failure was.
+        cause: String,
+    },
     /// An unexpected reply from Redis.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
@@ -151,6 +168,7 @@ impl BackendError {
         match self {
             BackendError::Timeout { .. } => true,
             BackendError::Redis(e) => e.is_timeout(),
+            BackendError::NoQuorum { timed_out, .. } => *timed_out,
             _ => false,
         }
     }

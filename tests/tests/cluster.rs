@@ -450,3 +450,53 @@ async fn master_killed_under_load_with_acknowledged_locks() {
         g.release().await.unwrap();
     }
 }
+
+/// The node the subscriber is connected to (the first URL) dies: the subscriber moves to another
+/// seed node, and a waiter is still woken by the release, not by the holder's lease end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_moves_on_when_its_node_dies() {
+    let mut cluster = RedisCluster::start().await;
+    let (holder, waiter) = (cluster.manager().await, cluster.manager().await);
+    let first = cluster.nodes()[0].port();
+    let replica_port = cluster.replica_of(&cluster.nodes()[0]).await.port();
+    cluster.kill(first);
+    cluster.takeover(node(&cluster, replica_port)).await;
+    let lease = Duration::from_secs(8);
+    for round in 0..3 {
+        let k = key(1000 + round);
+        let guard = holder
+            .lock(
+                &k,
+                LockOptions::new().lease(lease).wait(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        let task = tokio::spawn({
+            let (waiter, k) = (waiter.clone(), k.clone());
+            async move {
+                let g = waiter
+                    .lock(&k, LockOptions::new().wait(Duration::from_secs(10)))
+                    .await;
+                (Instant::now(), g)
+            }
+        });
+        eventually(Duration::from_secs(2), "the waiter queued", || {
+            let waiter = waiter.clone();
+            async move { waiter.metrics().waiters == 1 }
+        })
+        .await;
+        // Past the waiter's subscription and confirming try.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let released_at = Instant::now();
+        guard.release().await.unwrap();
+        let (acquired_at, g) = task.await.unwrap();
+        let g = g.expect("acquired after the release");
+        let after = acquired_at - released_at;
+        eprintln!("subscriber's node dead, round {round}: woken {after:?} after the release");
+        assert!(
+            after < Duration::from_secs(1),
+            "woke {after:?} after the release, not by it"
+        );
+        g.release().await.unwrap();
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_guard::{LockError, LockKey, LockManager, LockOptions, concurrency_guard};
+use lock_guard::{BackendError, LockError, LockKey, LockManager, LockOptions, concurrency_guard};
 use lock_guard_tests::{RedisServer, eventually};
 use tokio::time::Instant;
 
@@ -184,6 +184,20 @@ async fn two_frozen_nodes_fail_in_bounded_time_and_leave_nothing() {
         assert!(err.is_backend() && err.is_timeout(), "{err:?}");
         assert_eq!(err.key(), Some(redis_key.as_str()));
         assert!(err.to_string().contains("majority"), "{err}");
+        let quorum = matches!(
+            &err,
+            LockError::Backend {
+                source: BackendError::NoQuorum {
+                    answered: 1,
+                    needed: 2,
+                    nodes: 3,
+                    timed_out: true,
+                    ..
+                },
+                ..
+            }
+        );
+        assert!(quorum, "a quorum error saying how many answered: {err:?}");
         assert!(
             !exists(&servers[2], &redis_key).await,
             "left on the live node"

@@ -39,18 +39,17 @@ use redis::{ErrorKind, Pipeline, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 
 use super::redis::scripts::{Lua, scripts};
-use super::redis::{AcquireArgs, millis_arg};
+use super::redis::{AcquireArgs, acquire_reply, millis_arg};
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
-use crate::lease;
 use crate::waiting::Waiters;
 
 /// What [`ClusterBackend::connect`] needs.
 pub(crate) struct ClusterConfig {
     pub(crate) client: redis::cluster::ClusterClient,
-    /// The node the subscriber connects to.
-    pub(crate) subscriber: redis::Client,
+    /// The nodes the subscriber may connect to (the seed URLs, tried in turn).
+    pub(crate) subscriber: Vec<redis::Client>,
     /// The URLs with passwords redacted, for `Debug`.
     pub(crate) shown_urls: Vec<String>,
     pub(crate) timeout: Duration,
@@ -202,23 +201,7 @@ impl ClusterBackend {
                 wanted,
             });
         }
-        if taken == 1 {
-            let fence = u64::try_from(value).map_err(|_| {
-                LockError::backend(
-                    Some(&keys.lock),
-                    BackendError::Protocol(format!("negative fencing token {value}")),
-                )
-            })?;
-            Ok(Attempt::Acquired {
-                fence,
-                valid_until: lease::valid_until(sent, req.lease),
-            })
-        } else {
-            Ok(Attempt::Held(match value {
-                -2 => Some(Duration::ZERO),
-                v => u64::try_from(v).ok().map(Duration::from_millis),
-            }))
-        }
+        acquire_reply(keys, (taken, value), sent, req.lease)
     }
 
     /// The acquire script and `WAIT wanted wait` in one pipeline to the master of the lock's slot

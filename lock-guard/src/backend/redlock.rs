@@ -257,17 +257,21 @@ impl RedlockBackend {
             nodes = self.nodes.len(),
             "Redlock: too few nodes answered for a majority"
         );
-        if errors.iter().all(LockError::is_timeout) {
-            return timed_out(
-                key,
-                "acquire on a majority of the Redlock nodes",
-                self.timeout,
-            );
-        }
-        errors
-            .into_iter()
+        let cause = errors
+            .iter()
             .find(|e| !e.is_timeout())
-            .unwrap_or_else(|| timed_out(key, "acquire", self.timeout))
+            .or(errors.first())
+            .map_or_else(|| "no answer".to_owned(), ToString::to_string);
+        LockError::backend(
+            Some(key),
+            BackendError::NoQuorum {
+                answered: self.nodes.len() - errors.len(),
+                needed: self.quorum,
+                nodes: self.nodes.len(),
+                timed_out: errors.iter().all(LockError::is_timeout),
+                cause,
+            },
+        )
     }
 
     /// Runs `call` on every node at once; `Ok(true)` when a majority said `true`, an error when

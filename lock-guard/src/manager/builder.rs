@@ -311,7 +311,10 @@ impl LockManagerBuilder {
         };
         Ok(ClusterConfig {
             client: builder.build().map_err(config)?,
-            subscriber: self.client(&urls[0])?,
+            subscriber: urls
+                .iter()
+                .map(|u| self.client(u))
+                .collect::<Result<_, _>>()?,
             shown_urls: urls.iter().map(|u| redact_url(u)).collect(),
             timeout: self.command_timeout,
             replicas: self.replicas,

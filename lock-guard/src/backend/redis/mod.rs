@@ -3,8 +3,6 @@
 
 mod conn;
 mod node;
-#[cfg(feature = "cluster")]
-pub(crate) use self::node::{AcquireArgs, millis_arg, spawn_subscriber};
 mod replicas;
 pub(crate) mod scripts;
 mod subscriber;
@@ -19,13 +17,15 @@ use redis::{Client, ErrorKind, ServerErrorKind};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
+pub(crate) use self::node::{AcquireArgs, acquire_reply};
+#[cfg(feature = "cluster")]
+pub(crate) use self::node::{millis_arg, spawn_subscriber};
 pub(crate) use self::replicas::Replicated;
 use self::scripts::{Lua, scripts};
 use self::subscriber::Requests;
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
-use crate::error::{BackendError, LockError};
-use crate::lease;
+use crate::error::LockError;
 use crate::waiting::Waiters;
 
 /// How long a fencing counter lives after its last acquisition (plus the lease). After that the
@@ -73,7 +73,7 @@ impl RedisBackend {
             })
             .await?;
         waiters.set_subscriptions(Box::new(Requests::start(
-            config.client,
+            vec![config.client],
             waiters,
             config.timeout,
             counters,
@@ -131,17 +131,7 @@ impl RedisBackend {
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let keys = req.keys;
-        let lease_ms = millis(req.lease).to_string();
-        let retention = millis(req.lease + FENCE_RETENTION).to_string();
-        // The queue's order: when the caller registered, on its clock (the clocks of several
-        // machines only blur the order of turns, never exclusion).
-        let score = match req.register {
-            true => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros())
-                .to_string(),
-            false => "-".to_owned(),
-        };
+        let args = AcquireArgs::new(&req);
         // Until the reply is in, Redis may grant the lock: if this future is dropped or fails
         // before that, release the token on the connection the request went out on, so the
         // release cannot overtake it.
@@ -160,40 +150,15 @@ impl RedisBackend {
                 &keys.lock,
                 &scripts().acquire,
                 &[&keys.lock, &keys.fence, &keys.queue],
-                &[
-                    req.token.as_bytes(),
-                    lease_ms.as_bytes(),
-                    retention.as_bytes(),
-                    if req.others_wait { b"w" } else { b"-" },
-                    score.as_bytes(),
-                    if req.queued { b"q" } else { b"-" },
-                ],
+                &args.get(&req),
                 // The first request may have been applied before its connection died.
                 Some(b"r"),
                 Some(&sent_on),
             )
             .await;
-        let (taken, value) = reply?;
+        let reply = reply?;
         fuse.armed = false;
-        if taken == 1 {
-            u64::try_from(value)
-                .map(|fence| Attempt::Acquired {
-                    fence,
-                    valid_until: lease::valid_until(sent, req.lease),
-                })
-                .map_err(|_| {
-                    LockError::backend(
-                        Some(&keys.lock),
-                        BackendError::Protocol(format!("negative fencing token {value}")),
-                    )
-                })
-        } else {
-            // PTTL: -1 means no expiry (set by hand), -2 that it vanished meanwhile.
-            Ok(Attempt::Held(match value {
-                -2 => Some(Duration::ZERO),
-                v => u64::try_from(v).ok().map(Duration::from_millis),
-            }))
-        }
+        acquire_reply(keys, reply, sent, req.lease)
     }
 
     async fn release_token(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {

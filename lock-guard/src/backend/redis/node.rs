@@ -10,20 +10,21 @@ use super::conn::Connections;
 use super::scripts::Lua;
 use super::subscriber::Requests;
 use super::{FENCE_RETENTION, RedisBackend, RedisConfig, millis};
-use crate::backend::{Counters, Keys, Try};
-use crate::error::LockError;
+use crate::backend::{Attempt, Counters, Keys, Try};
+use crate::error::{BackendError, LockError};
+use crate::lease;
 use crate::waiting::{Subscriptions, Waiters};
 
-/// Starts a subscriber task for release notifications on `client`'s server (in a cluster, any
-/// node: classic `PUBLISH` reaches every node), delivering to `waiters`; the returned handler asks
-/// it for subscriptions.
+/// Starts a subscriber task for release notifications on one of `clients`' servers (in a cluster,
+/// any node: classic `PUBLISH` reaches every node; the next one is tried when a connection fails),
+/// delivering to `waiters`; the returned handler asks it for subscriptions.
 pub(crate) fn spawn_subscriber(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     waiters: &Arc<Waiters>,
     timeout: Duration,
     counters: Arc<Counters>,
 ) -> Box<dyn Subscriptions> {
-    Box::new(Requests::start(client, waiters, timeout, counters))
+    Box::new(Requests::start(clients, waiters, timeout, counters))
 }
 
 #[cfg(feature = "cluster")]
@@ -45,7 +46,8 @@ impl AcquireArgs {
         AcquireArgs {
             lease_ms: millis(req.lease).to_string(),
             retention: millis(req.lease + FENCE_RETENTION).to_string(),
-            // The queue's order: when the caller registered, on its clock.
+            // The queue's order: when the caller registered, on its clock (the clocks of several
+            // machines only blur the order of turns, never exclusion).
             score: match req.register {
                 true => std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -67,6 +69,33 @@ impl AcquireArgs {
             if req.queued { b"q" } else { b"-" },
         ]
     }
+}
+
+/// What the acquire script's reply `{taken, value}` says: taken with the fencing token `value`,
+/// valid from `sent` for `lease`; or held, with `value` the holder's `PTTL`.
+pub(crate) fn acquire_reply(
+    keys: &Keys,
+    (taken, value): (i64, i64),
+    sent: tokio::time::Instant,
+    lease: Duration,
+) -> Result<Attempt, LockError> {
+    if taken != 1 {
+        // PTTL: -1 means no expiry (set by hand), -2 that it vanished meanwhile.
+        return Ok(Attempt::Held(match value {
+            -2 => Some(Duration::ZERO),
+            v => u64::try_from(v).ok().map(Duration::from_millis),
+        }));
+    }
+    let fence = u64::try_from(value).map_err(|_| {
+        LockError::backend(
+            Some(&keys.lock),
+            BackendError::Protocol(format!("negative fencing token {value}")),
+        )
+    })?;
+    Ok(Attempt::Acquired {
+        fence,
+        valid_until: lease::valid_until(sent, lease),
+    })
 }
 
 fn raise_fence_script() -> &'static Lua {
@@ -94,7 +123,8 @@ impl RedisBackend {
             counters: counters.clone(),
             shown_url: config.shown_url,
         };
-        let subscriptions = spawn_subscriber(config.client, waiters, config.timeout, counters);
+        let subscriptions =
+            spawn_subscriber(vec![config.client], waiters, config.timeout, counters);
         Ok((backend, subscriptions))
     }
 

@@ -18,12 +18,11 @@ use std::time::Duration;
 use redis::{ErrorKind, Pipeline, ServerErrorKind};
 use tokio::time::Instant;
 
-use super::node::AcquireArgs;
+use super::node::{AcquireArgs, acquire_reply};
 use super::scripts::scripts;
 use super::{Fuse, RedisBackend};
 use crate::backend::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
-use crate::error::{BackendError, LockError};
-use crate::lease;
+use crate::error::LockError;
 
 /// A single-server backend whose acquisitions wait for `wanted` replicas, at most `timeout`.
 pub(crate) struct Replicated {
@@ -89,10 +88,7 @@ impl Replicated {
             .await?;
         fuse.armed = false;
         if taken != 1 {
-            return Ok(Attempt::Held(match value {
-                -2 => Some(Duration::ZERO),
-                v => u64::try_from(v).ok().map(Duration::from_millis),
-            }));
+            return acquire_reply(keys, (taken, value), sent, req.lease);
         }
         let acked = u64::try_from(acked).unwrap_or(0);
         if acked < self.wanted {
@@ -106,16 +102,7 @@ impl Replicated {
                 wanted: self.wanted,
             });
         }
-        let fence = u64::try_from(value).map_err(|_| {
-            LockError::backend(
-                Some(&keys.lock),
-                BackendError::Protocol(format!("negative fencing token {value}")),
-            )
-        })?;
-        Ok(Attempt::Acquired {
-            fence,
-            valid_until: lease::valid_until(sent, req.lease),
-        })
+        acquire_reply(keys, (taken, value), sent, req.lease)
     }
 }
 

@@ -24,7 +24,9 @@ pub(super) enum SubCmd {
 /// The waiters' side: requests to the subscriber task, which it starts (again) as needed.
 pub(super) struct Requests {
     tx: Mutex<mpsc::UnboundedSender<SubCmd>>,
-    client: Client,
+    /// Where the subscriber may connect: one server, or the seed nodes of a cluster (any node
+    /// hears every classic `PUBLISH`), tried in turn.
+    clients: Arc<[Client]>,
     waiters: Weak<Waiters>,
     timeout: Duration,
     counters: Arc<Counters>,
@@ -33,7 +35,7 @@ pub(super) struct Requests {
 impl Requests {
     /// Starts the subscriber task for `waiters`.
     pub(super) fn start(
-        client: Client,
+        clients: Vec<Client>,
         waiters: &Arc<Waiters>,
         timeout: Duration,
         counters: Arc<Counters>,
@@ -41,7 +43,7 @@ impl Requests {
         let (tx, rx) = mpsc::unbounded_channel();
         let requests = Requests {
             tx: Mutex::new(tx),
-            client,
+            clients: clients.into(),
             waiters: Arc::downgrade(waiters),
             timeout,
             counters,
@@ -57,7 +59,8 @@ impl Requests {
     /// any runtime).
     fn spawn(&self, rx: mpsc::UnboundedReceiver<SubCmd>, restarted: bool) {
         let task = SubscriberTask {
-            client: self.client.clone(),
+            clients: self.clients.clone(),
+            next: 0,
             waiters: self.waiters.clone(),
             rx,
             timeout: self.timeout,
@@ -125,7 +128,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// after a lost connection reconnects, subscribes again and wakes every head (a release may have
 /// been missed meanwhile).
 struct SubscriberTask {
-    client: Client,
+    clients: Arc<[Client]>,
+    /// The one of `clients` to connect to next.
+    next: usize,
     waiters: Weak<Waiters>,
     rx: mpsc::UnboundedReceiver<SubCmd>,
     timeout: Duration,
@@ -139,9 +144,8 @@ impl SubscriberTask {
         let mut backoff = Duration::from_millis(50);
         let mut connected_once = self.restarted;
         loop {
-            let pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub())
-                .await
-            {
+            let client = &self.clients[self.next % self.clients.len()];
+            let pubsub = match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
                 Ok(Ok(p)) => p,
                 failed => {
                     let reason = match failed {
@@ -149,6 +153,8 @@ impl SubscriberTask {
                         _ => "connect timed out".to_owned(),
                     };
                     tracing::warn!(%reason, "lock-guard subscriber connection failed; waiters fall back to lease timers");
+                    // Another node next time, where there are several.
+                    self.next = self.next.wrapping_add(1);
                     if !self.drain_while_down(backoff).await {
                         return;
                     }
