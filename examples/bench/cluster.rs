@@ -27,7 +27,11 @@ const SHAPE: Shape = Shape {
 pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
     progress("cluster: starting 3 masters + 3 replicas with the tests' harness");
     let started = Instant::now();
-    let cluster = RedisCluster::start().await;
+    // The harness panics (with an install hint) when redis-server is missing or the cluster does
+    // not form: an error of the run, not a crash.
+    let cluster = tokio::spawn(RedisCluster::start())
+        .await
+        .map_err(|_| "cluster: could not start the cluster (see above)")?;
     let formed = started.elapsed();
     let urls = cluster.urls();
     let replicas: Vec<String> = cluster.nodes()[3..].iter().map(RedisServer::url).collect();

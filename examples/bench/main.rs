@@ -8,7 +8,11 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example bench
 //! cargo run --release --example bench -- --spawn --quick   # short smoke run (CI)
 //! cargo run --release --example bench -- --spawn --json --scenario handoff
+//! cargo run --release --example bench -- --spawn --scenario cluster,redlock
 //! ```
+//!
+//! The `cluster` and `redlock` scenarios start their own deployments (a 3-master cluster with the
+//! tests' harness, 3 independent masters) whatever `--spawn` says, and compare with the one server.
 //!
 //! Progress goes to stderr; the table (or, with `--json`, one JSON object per scenario) to stdout.
 //! The exit status is 0 when the run completed and every correctness check held (the unsynchronised

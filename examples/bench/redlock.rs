@@ -23,7 +23,11 @@ const SHAPE: Shape = Shape {
 
 pub(crate) async fn run(ctx: &Ctx, single: &mut Inspect) -> Res<Report> {
     progress(&format!("redlock: starting {NODES} independent masters"));
-    let servers: Vec<RedisServer> = (0..NODES).map(|_| RedisServer::start()).collect();
+    // The harness panics (with an install hint) when redis-server is missing: an error of the run.
+    let servers: Vec<RedisServer> =
+        tokio::task::spawn_blocking(|| (0..NODES).map(|_| RedisServer::start()).collect())
+            .await
+            .map_err(|_| "redlock: could not start redis-server (see above)")?;
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let manager = async || -> Res<LockManager> {
         Ok(LockManager::builder()
