@@ -236,7 +236,29 @@ impl RedisServer {
                 && info_field(&info, "master_sync_in_progress") == Some("0")
                 && primary.info("replication").await.contains(&online)
             {
-                return replica;
+                // And it acknowledges writes: a first `WAIT` right after the sync can otherwise
+                // take longer than a test's timeout on a busy machine.
+                let mut conn = primary.connection().await;
+                let acked: u64 = redis::pipe()
+                    .cmd("SET")
+                    .arg("replica-warm-up")
+                    .arg(1)
+                    .ignore()
+                    .cmd("WAIT")
+                    .arg(1)
+                    .arg(START_TIMEOUT.as_millis() as u64)
+                    .query_async::<(u64,)>(&mut conn)
+                    .await
+                    .expect("SET + WAIT on the primary")
+                    .0;
+                let () = redis::cmd("DEL")
+                    .arg("replica-warm-up")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("DEL");
+                if acked >= 1 {
+                    return replica;
+                }
             }
             assert!(
                 Instant::now() < deadline,
