@@ -181,19 +181,37 @@ impl LockManager {
 
     /// One try, cut short at `hard_end` (the end of the wait plus one command timeout) when that
     /// comes before the command timeout does. A try cut short cleans up after itself (see
-    /// [`Backend`](crate::backend::Backend)).
+    /// [`Backend`](crate::backend::Backend)). A lock granted by a reply that came back after the
+    /// lease's validity is given back at once and reported as held, never handed out expired.
     async fn bounded(
         &self,
         hard_end: Instant,
-        keys: &Keys,
+        keys: &Arc<Keys>,
         ask: Try<'_>,
     ) -> Result<Attempt, LockError> {
         let backend = &self.inner.backend;
         let attempt = backend.try_acquire(ask);
-        if Instant::now() + backend.command_timeout() <= hard_end {
-            return attempt.await;
+        let attempt = if Instant::now() + backend.command_timeout() <= hard_end {
+            attempt.await?
+        } else {
+            cut_at(hard_end, keys, backend.command_timeout(), attempt).await?
+        };
+        match attempt {
+            Attempt::Acquired { fence, valid_until } if valid_until <= Instant::now() => {
+                tracing::warn!(key = %keys.lock, "the lock was granted after its lease's validity; giving it back");
+                // Released in the background, as a dropped guard is.
+                drop(LockGuard::new(
+                    backend.clone(),
+                    keys.clone(),
+                    Token::from_str(ask.token),
+                    fence,
+                    ask.lease,
+                    valid_until,
+                ));
+                Ok(Attempt::Held(Some(std::time::Duration::ZERO)))
+            }
+            other => Ok(other),
         }
-        cut_at(hard_end, keys, backend.command_timeout(), attempt).await
     }
 }
 
