@@ -20,10 +20,11 @@ impl LockManager {
     /// Takes the lock, waiting up to `options.wait`. The guard releases it on
     /// [`release`](LockGuard::release) or on drop.
     ///
-    /// Returns within `wait` plus one command timeout, whatever the backend does. Without the
-    /// closure form nothing bounds the caller's work by the lease: check
-    /// [`LockGuard::valid_until`] and [`LockGuard::fencing_token`] at the storage, or use
-    /// [`run`](Self::run).
+    /// Returns within `wait` plus one command timeout, whatever the backend does, and never a
+    /// guard whose lease had already run out when the reply came (such a grant is given back and
+    /// the call goes on waiting). Without the closure form nothing bounds the caller's work by the
+    /// lease: check [`LockGuard::valid_until`], pass [`LockGuard::fencing_token`] to the storage,
+    /// or use [`run`](Self::run).
     pub async fn lock(&self, key: &LockKey, options: LockOptions) -> Result<LockGuard, LockError> {
         self.acquire(self.keys(key), options).await
     }
