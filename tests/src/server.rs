@@ -61,6 +61,11 @@ impl ServerOptions {
         self.acl = true;
         self
     }
+
+    /// Whether [`acl`](Self::acl) was asked for.
+    pub const fn is_acl(&self) -> bool {
+        self.acl
+    }
 }
 
 /// A real `redis-server` process on `127.0.0.1`, without persistence, in its own temporary
@@ -144,10 +149,15 @@ impl RedisServer {
     ///
     /// As [`start`](Self::start).
     pub fn start_cluster_node(args: &[&str]) -> RedisServer {
+        Self::start_cluster_node_with(ServerOptions::new(), args)
+    }
+
+    /// [`start_cluster_node`](Self::start_cluster_node) with `options` (e.g. ACL).
+    pub fn start_cluster_node_with(options: ServerOptions, args: &[&str]) -> RedisServer {
         let mut extra = vec!["--cluster-enabled", "yes"];
         extra.extend_from_slice(args);
         let mut server = RedisServer {
-            options: ServerOptions::new(),
+            options,
             port: 0,
             dir: TempDir::new(),
             tls: None,
