@@ -502,7 +502,7 @@ async fn subscriber_moves_on_when_its_node_dies() {
 }
 
 /// A cluster whose nodes require a login (ACL user, default user off): the manager logs in with
-/// the credentials of the URLs, the attribute works unchanged, the password shows nowhere.
+/// the credentials of the URLs and a key prefix, and the password shows nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_cluster_takes_locks_with_the_urls_credentials() {
     let cluster = RedisCluster::start_with(lock_guard_tests::ServerOptions::new().acl()).await;
