@@ -12,7 +12,7 @@
 //! the name: the head it names tries at once, other heads wait out the reservation.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{Notify, oneshot};
@@ -42,6 +42,9 @@ pub(crate) trait Subscriptions: Send + Sync {
 pub(crate) struct Waiters {
     /// Sharded by key, so that calls on different keys do not contend for one lock.
     shards: Box<[Mutex<Shard>]>,
+    /// Release notifications heard, per shard, whether or not anyone waited: a caller that tried
+    /// before joining its queue tells from it whether a release may have named it meanwhile.
+    heard: Box<[AtomicU64]>,
     subscriptions: OnceLock<Box<dyn Subscriptions>>,
 }
 
@@ -84,6 +87,7 @@ impl Waiters {
     pub(crate) fn new() -> Self {
         Waiters {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            heard: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             subscriptions: OnceLock::new(),
         }
     }
@@ -93,13 +97,24 @@ impl Waiters {
         let _ = self.subscriptions.set(subscriptions);
     }
 
-    /// The shard holding `channel`'s queue.
-    fn map(&self, channel: &str) -> MutexGuard<'_, Shard> {
+    /// The shard of `channel`.
+    fn shard(channel: &str) -> usize {
         // FNV-1a: cheap, and only spreads keys over the shards.
         let h = channel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        lock(&self.shards[(h % SHARDS as u64) as usize])
+        (h % SHARDS as u64) as usize
+    }
+
+    /// The shard holding `channel`'s queue.
+    fn map(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[Self::shard(channel)])
+    }
+
+    /// How many release notifications `channel`'s shard has heard: if this has not changed
+    /// between a try and joining the queue, no release named the caller in between.
+    pub(crate) fn heard(&self, channel: &str) -> u64 {
+        self.heard[Self::shard(channel)].load(Ordering::Acquire)
     }
 
     fn all(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
@@ -157,6 +172,7 @@ impl Waiters {
     /// handed the lock to a waiting process names its token (`to`): any other head only re-arms
     /// its timer for the end of that reservation, in case the process it went to is gone.
     pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
+        self.heard[Self::shard(channel)].fetch_add(1, Ordering::AcqRel);
         let mut map = self.map(channel);
         let Some(q) = map.get_mut(channel) else {
             return;

@@ -9,8 +9,8 @@ use lock_guard::LockManager;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use crate::RedisServer;
 use crate::server::info_field;
+use crate::{RedisServer, ServerOptions};
 
 /// How long the cluster may take to form or to settle after a failover.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -39,7 +39,19 @@ impl RedisCluster {
     ///
     /// If `redis-server` is missing or the cluster does not form within 20 s.
     pub async fn start() -> RedisCluster {
-        let args = [
+        Self::start_with(ServerOptions::new()).await
+    }
+
+    /// [`start`](Self::start) with `options` for every node: with ACL, the replicas log in to
+    /// their masters as the ACL user.
+    pub async fn start_with(options: ServerOptions) -> RedisCluster {
+        let login = [
+            "--masteruser",
+            crate::ACL_USER,
+            "--masterauth",
+            crate::ACL_PASSWORD,
+        ];
+        let mut args = vec![
             "--cluster-node-timeout",
             "1000",
             "--repl-diskless-sync",
@@ -49,8 +61,11 @@ impl RedisCluster {
             "--cluster-allow-replica-migration",
             "no",
         ];
+        if options.is_acl() {
+            args.extend_from_slice(&login);
+        }
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| RedisServer::start_cluster_node(&args))
+            .map(|_| RedisServer::start_cluster_node_with(options, &args))
             .collect();
         let cluster = RedisCluster {
             nodes,

@@ -61,6 +61,11 @@ impl ServerOptions {
         self.acl = true;
         self
     }
+
+    /// Whether [`acl`](Self::acl) was asked for.
+    pub const fn is_acl(&self) -> bool {
+        self.acl
+    }
 }
 
 /// A real `redis-server` process on `127.0.0.1`, without persistence, in its own temporary
@@ -144,10 +149,15 @@ impl RedisServer {
     ///
     /// As [`start`](Self::start).
     pub fn start_cluster_node(args: &[&str]) -> RedisServer {
+        Self::start_cluster_node_with(ServerOptions::new(), args)
+    }
+
+    /// [`start_cluster_node`](Self::start_cluster_node) with `options` (e.g. ACL).
+    pub fn start_cluster_node_with(options: ServerOptions, args: &[&str]) -> RedisServer {
         let mut extra = vec!["--cluster-enabled", "yes"];
         extra.extend_from_slice(args);
         let mut server = RedisServer {
-            options: ServerOptions::new(),
+            options,
             port: 0,
             dir: TempDir::new(),
             tls: None,
@@ -236,7 +246,29 @@ impl RedisServer {
                 && info_field(&info, "master_sync_in_progress") == Some("0")
                 && primary.info("replication").await.contains(&online)
             {
-                return replica;
+                // And it acknowledges writes: a first `WAIT` right after the sync can otherwise
+                // take longer than a test's timeout on a busy machine.
+                let mut conn = primary.connection().await;
+                let acked: u64 = redis::pipe()
+                    .cmd("SET")
+                    .arg("replica-warm-up")
+                    .arg(1)
+                    .ignore()
+                    .cmd("WAIT")
+                    .arg(1)
+                    .arg(START_TIMEOUT.as_millis() as u64)
+                    .query_async::<(u64,)>(&mut conn)
+                    .await
+                    .expect("SET + WAIT on the primary")
+                    .0;
+                let () = redis::cmd("DEL")
+                    .arg("replica-warm-up")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("DEL");
+                if acked >= 1 {
+                    return replica;
+                }
             }
             assert!(
                 Instant::now() < deadline,

@@ -500,3 +500,40 @@ async fn subscriber_moves_on_when_its_node_dies() {
         g.release().await.unwrap();
     }
 }
+
+/// A cluster whose nodes require a login (ACL user, default user off): the manager logs in with
+/// the credentials of the URLs and a key prefix, and the password shows nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_cluster_takes_locks_with_the_urls_credentials() {
+    let cluster = RedisCluster::start_with(lock_guard_tests::ServerOptions::new().acl()).await;
+    let urls = cluster.urls();
+    assert!(urls[0].contains("alice:secret@"), "{urls:?}");
+    let locks = LockManager::builder()
+        .cluster(urls)
+        .key_prefix("acl")
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("a manager that logs in");
+    let shown = format!("{locks:?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    for k in 0..KEYS {
+        let guard = locks.lock(&key(k), LockOptions::new()).await.unwrap();
+        assert!(guard.key().starts_with("acl:{"), "{}", guard.key());
+        guard.release().await.unwrap();
+    }
+    // Wrong password: refused at build time, as a backend error.
+    let wrong: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.replace("alice:secret@", "alice:wrong@"))
+        .collect();
+    let err = LockManager::builder()
+        .cluster(wrong)
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .expect_err("a wrong password");
+    assert!(err.is_backend(), "{err:?}");
+    assert!(!err.to_string().contains("wrong@"), "{err}");
+}

@@ -34,36 +34,78 @@ impl Drop for DropClock {
 }
 
 /// `CLIENT PAUSE 700 ALL` while a call with `lease = 300ms` acquires (command timeout 1 s): the
-/// reply comes back after the lease's validity, so the body must not start and the call fails.
+/// reply comes back after the lease's validity, so that grant is given back and the body does not
+/// run under it. With `wait = 0` the call fails; with time left to wait it takes the lock again,
+/// after the pause, and only then runs the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_all_during_acquire_never_starts_the_body() {
     let server = RedisServer::start();
     let locks = manager(&server, Duration::from_secs(1)).await;
     let key = LockKey::new("faults").part("pause-acquire");
-    for options in [
-        LockOptions::new().lease(Duration::from_millis(300)),
-        LockOptions::new()
+    let pause_for = Duration::from_millis(700);
+    for wait in [Duration::ZERO, Duration::from_secs(3)] {
+        let options = LockOptions::new()
             .lease(Duration::from_millis(300))
-            .wait(Duration::ZERO),
-    ] {
-        pause(&server, Duration::from_millis(700), PauseMode::All).await;
-        let ran = AtomicBool::new(false);
-        let start = Instant::now();
+            .wait(wait);
+        pause(&server, pause_for, PauseMode::All).await;
+        let paused_at = Instant::now();
+        let started = std::sync::Mutex::new(None);
         let result = locks
             .run(&key, options, async {
-                ran.store(true, SeqCst);
+                *started.lock().unwrap() = Some(Instant::now());
                 Ok::<_, LockError>(())
             })
             .await;
+        let started = *started.lock().unwrap();
         eprintln!(
-            "acquire under CLIENT PAUSE 700 ALL: {result:?} after {:?}",
-            start.elapsed()
+            "acquire under CLIENT PAUSE 700 ALL, wait {wait:?}: {result:?} after {:?}",
+            paused_at.elapsed()
         );
-        assert!(
-            !ran.load(SeqCst),
-            "the body started after its lease's validity: {result:?}"
-        );
-        assert!(result.is_err(), "the call returned {result:?}");
+        if wait.is_zero() {
+            assert!(started.is_none(), "the body started under an expired grant");
+            assert!(result.is_err(), "the call returned {result:?}");
+        } else {
+            // Only a grant that came back in time, i.e. one sent after the pause, starts it.
+            let started = started.expect("the body runs once the lock is taken again");
+            assert!(
+                started - paused_at >= pause_for,
+                "the body started {:?} into the pause, under the expired grant",
+                started - paused_at
+            );
+            result.expect("taken again after the pause");
+        }
+        sleep(Duration::from_millis(400)).await;
+    }
+}
+
+/// The same stall under the guard API: `lock` never hands out a guard whose lease had already run
+/// out when the reply came; with time left to wait, it takes the lock again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_all_during_acquire_never_hands_out_an_expired_guard() {
+    let server = RedisServer::start();
+    let locks = manager(&server, Duration::from_secs(1)).await;
+    let key = LockKey::new("faults").part("pause-lock");
+    for wait in [Duration::ZERO, Duration::from_secs(3)] {
+        let options = LockOptions::new()
+            .lease(Duration::from_millis(300))
+            .wait(wait);
+        pause(&server, Duration::from_millis(700), PauseMode::All).await;
+        let result = locks.lock(&key, options).await;
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok(guard) => {
+                assert!(
+                    !wait.is_zero(),
+                    "wait 0 returned a guard after the lease's validity"
+                );
+                assert!(guard.valid_until() > now, "an expired guard: {guard:?}");
+                guard.release().await.unwrap();
+            }
+            Err(e) => {
+                assert!(wait.is_zero(), "{e:?}");
+                assert!(e.is_not_acquired(), "{e:?}");
+            }
+        }
         sleep(Duration::from_millis(400)).await;
     }
 }

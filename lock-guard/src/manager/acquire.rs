@@ -20,10 +20,11 @@ impl LockManager {
     /// Takes the lock, waiting up to `options.wait`. The guard releases it on
     /// [`release`](LockGuard::release) or on drop.
     ///
-    /// Returns within `wait` plus one command timeout, whatever the backend does. Without the
-    /// closure form nothing bounds the caller's work by the lease: check
-    /// [`LockGuard::valid_until`] and [`LockGuard::fencing_token`] at the storage, or use
-    /// [`run`](Self::run).
+    /// Returns within `wait` plus one command timeout, whatever the backend does, and never a
+    /// guard whose lease had already run out when the reply came (such a grant is given back and
+    /// the call goes on waiting). Without the closure form nothing bounds the caller's work by the
+    /// lease: check [`LockGuard::valid_until`], pass [`LockGuard::fencing_token`] to the storage,
+    /// or use [`run`](Self::run).
     pub async fn lock(&self, key: &LockKey, options: LockOptions) -> Result<LockGuard, LockError> {
         self.acquire(self.keys(key), options).await
     }
@@ -67,6 +68,7 @@ impl LockManager {
         // Nobody of this process waits for the key: try at once, without queueing (the only round
         // trip of an uncontended acquisition). `wait = 0` tries exactly once in any case.
         let mut tried: Option<(Instant, Option<std::time::Duration>)> = None;
+        let heard = inner.waiters.heard(&keys.channel);
         if options.max_wait().is_zero() || !inner.waiters.has_waiters(&keys.channel) {
             let sent = Instant::now();
             match self.bounded(hard_end, &keys, ask).await? {
@@ -100,7 +102,9 @@ impl LockManager {
             // The first waiter of an empty queue subscribes; it tries (again) unless it has tried
             // since the subscription was in place, so a release in between is not missed.
             if let Some(since) = self.subscribe(&place, &keys, hard_end).await {
-                must_try = !matches!((since, tried), (Some(s), Some((t, _))) if s < t);
+                // A release heard before this waiter was queued could have named it unheard.
+                let quiet = inner.waiters.heard(&keys.channel) == heard;
+                must_try = !(quiet && matches!((since, tried), (Some(s), Some((t, _))) if s < t));
             }
         }
         loop {
@@ -181,19 +185,37 @@ impl LockManager {
 
     /// One try, cut short at `hard_end` (the end of the wait plus one command timeout) when that
     /// comes before the command timeout does. A try cut short cleans up after itself (see
-    /// [`Backend`](crate::backend::Backend)).
+    /// [`Backend`](crate::backend::Backend)). A lock granted by a reply that came back after the
+    /// lease's validity is given back at once and reported as held, never handed out expired.
     async fn bounded(
         &self,
         hard_end: Instant,
-        keys: &Keys,
+        keys: &Arc<Keys>,
         ask: Try<'_>,
     ) -> Result<Attempt, LockError> {
         let backend = &self.inner.backend;
         let attempt = backend.try_acquire(ask);
-        if Instant::now() + backend.command_timeout() <= hard_end {
-            return attempt.await;
+        let attempt = if Instant::now() + backend.command_timeout() <= hard_end {
+            attempt.await?
+        } else {
+            cut_at(hard_end, keys, backend.command_timeout(), attempt).await?
+        };
+        match attempt {
+            Attempt::Acquired { fence, valid_until } if valid_until <= Instant::now() => {
+                tracing::warn!(key = %keys.lock, "the lock was granted after its lease's validity; giving it back");
+                // Released in the background, as a dropped guard is.
+                drop(LockGuard::new(
+                    backend.clone(),
+                    keys.clone(),
+                    Token::from_str(ask.token),
+                    fence,
+                    ask.lease,
+                    valid_until,
+                ));
+                Ok(Attempt::Held(Some(std::time::Duration::ZERO)))
+            }
+            other => Ok(other),
         }
-        cut_at(hard_end, keys, backend.command_timeout(), attempt).await
     }
 }
 
