@@ -196,15 +196,18 @@ impl RedlockBackend {
         }
         let granted = fences.len();
         fuse.release_now().await;
-        if granted < quorum && granted + held.len() >= quorum {
+        // The nodes that did not fail could still form a majority: the lock is held (or split),
+        // and waiting helps. Otherwise too many nodes are down for any majority.
+        if self.nodes.len() - errors.len() >= quorum && !held.is_empty() {
             if granted > 0 {
                 // A split: somebody else won some nodes too. Both give up; pause a random moment
                 // so the retries do not meet again.
                 tokio::time::sleep(jitter(SPLIT_JITTER)).await;
             }
-            // Free again once the holders of enough nodes are gone: the k-th shortest lease left.
+            // Free again once the holders of enough nodes are gone: the k-th shortest lease left
+            // (the longest known when fewer answered).
             held.sort_by_key(|p| p.unwrap_or(Duration::MAX));
-            let k = quorum - granted;
+            let k = quorum.saturating_sub(granted).clamp(1, held.len());
             return Ok(Attempt::Held(held[k - 1]));
         }
         Err(self.quorum_error(&keys.lock, errors))

@@ -104,27 +104,7 @@ impl RedisBackend {
                 if let (true, Some(extra)) = (retry, retry_arg) {
                     all.push(extra);
                 }
-                async move {
-                    counters.commands.fetch_add(1, Ordering::Relaxed);
-                    match script
-                        .command(false, keys, &all)
-                        .query_async(&mut conn)
-                        .await
-                    {
-                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                            tracing::debug!(
-                                key,
-                                "script cache was empty (NOSCRIPT): loading it again"
-                            );
-                            counters.commands.fetch_add(1, Ordering::Relaxed);
-                            script
-                                .command(true, keys, &all)
-                                .query_async(&mut conn)
-                                .await
-                        }
-                        other => other,
-                    }
-                }
+                async move { evalsha(&mut conn, script, keys, &all, counters).await }
             })
             .await
     }
@@ -208,10 +188,7 @@ impl Drop for Fuse<'_> {
             let script = &scripts().release;
             // The same connection first: Redis answers a connection's commands in order, so this
             // runs after the acquisition if that arrives at all.
-            counters.commands.fetch_add(1, Ordering::Relaxed);
-            let mut done = script
-                .command(true, &names, &args)
-                .query_async::<i64>(&mut conn)
+            let mut done = evalsha::<i64>(&mut conn, script, &names, &args, &counters)
                 .await
                 .is_ok();
             // That connection is dead: the acquisition cannot arrive any more; release on another
@@ -221,9 +198,8 @@ impl Drop for Fuse<'_> {
                 let r: Result<i64, _> = conns
                     .call(Some(&keys.lock), "release", |c: &Conn, _| {
                         let mut conn = c.conn.clone();
-                        let cmd = script.command(true, &names, &args);
-                        counters.commands.fetch_add(1, Ordering::Relaxed);
-                        async move { cmd.query_async(&mut conn).await }
+                        let (names, args, counters) = (&names, &args, &counters);
+                        async move { evalsha(&mut conn, script, names, args, counters).await }
                     })
                     .await;
                 done = r.is_ok();
@@ -234,6 +210,26 @@ impl Drop for Fuse<'_> {
             }
             tracing::debug!(key = %keys.lock, released = done, "cleaned up after an abandoned acquisition");
         });
+    }
+}
+
+/// `EVALSHA` of `script` on `conn`, and `EVAL` (which also fills the script cache) on the same
+/// connection after a `NOSCRIPT`.
+async fn evalsha<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    script: &Lua,
+    keys: &[&str],
+    args: &[&[u8]],
+    counters: &Counters,
+) -> redis::RedisResult<T> {
+    counters.commands.fetch_add(1, Ordering::Relaxed);
+    match script.command(false, keys, args).query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            tracing::debug!("script cache was empty (NOSCRIPT): loading it again");
+            counters.commands.fetch_add(1, Ordering::Relaxed);
+            script.command(true, keys, args).query_async(conn).await
+        }
+        other => other,
     }
 }
 
