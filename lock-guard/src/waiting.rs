@@ -12,7 +12,7 @@
 //! the name: the head it names tries at once, other heads wait out the reservation.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{Notify, oneshot};
@@ -42,9 +42,9 @@ pub(crate) trait Subscriptions: Send + Sync {
 pub(crate) struct Waiters {
     /// Sharded by key, so that calls on different keys do not contend for one lock.
     shards: Box<[Mutex<Shard>]>,
-    /// Release notifications heard, per shard, whether or not anyone waited: a caller that tried
-    /// before joining its queue tells from it whether a release may have named it meanwhile.
-    heard: Box<[AtomicU64]>,
+    /// Per shard, the last few tokens that releases named while no local waiter held them: a
+    /// caller that tried before joining its queue finds out whether a release named it meanwhile.
+    unheard: Box<[Mutex<VecDeque<[u8; 32]>>]>,
     subscriptions: OnceLock<Box<dyn Subscriptions>>,
 }
 
@@ -53,6 +53,10 @@ type Shard = HashMap<Arc<str>, KeyQueue>;
 
 /// Shards of the queue map.
 const SHARDS: usize = 16;
+
+/// Named tokens remembered per shard for callers not queued yet (see [`Waiters::was_named`]): a
+/// caller joins its queue a moment after its try, so only the last few matter.
+const UNHEARD: usize = 8;
 
 struct KeyQueue {
     waiters: VecDeque<Arc<Waiter>>,
@@ -87,7 +91,9 @@ impl Waiters {
     pub(crate) fn new() -> Self {
         Waiters {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            heard: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            unheard: (0..SHARDS)
+                .map(|_| Mutex::new(VecDeque::with_capacity(UNHEARD)))
+                .collect(),
             subscriptions: OnceLock::new(),
         }
     }
@@ -111,14 +117,24 @@ impl Waiters {
         lock(&self.shards[Self::shard(channel)])
     }
 
-    /// How many release notifications `channel`'s shard has heard: if this has not changed
-    /// between a try and joining the queue, no release named the caller in between.
-    pub(crate) fn heard(&self, channel: &str) -> u64 {
-        self.heard[Self::shard(channel)].load(Ordering::Acquire)
-    }
-
     fn all(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
         self.shards.iter().map(lock)
+    }
+
+    /// Whether a release named `token` on `channel` while it was not queued here (and forgets
+    /// it): the caller tried before joining its queue, and must try again rather than wait.
+    pub(crate) fn was_named(&self, channel: &str, token: &str) -> bool {
+        let mut unheard = lock(&self.unheard[Self::shard(channel)]);
+        match unheard
+            .iter()
+            .position(|t| t.as_slice() == token.as_bytes())
+        {
+            Some(i) => {
+                unheard.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether anyone in this process waits for the lock behind `channel`.
@@ -172,8 +188,21 @@ impl Waiters {
     /// handed the lock to a waiting process names its token (`to`): any other head only re-arms
     /// its timer for the end of that reservation, in case the process it went to is gone.
     pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
-        self.heard[Self::shard(channel)].fetch_add(1, Ordering::AcqRel);
         let mut map = self.map(channel);
+        let queued = map
+            .get(channel)
+            .is_some_and(|q| q.waiters.iter().any(|w| w.token.as_slice() == to));
+        if !to.is_empty() && !queued && to.len() == 32 {
+            // Perhaps a caller of this process between its try and its queue (or another
+            // process's): remember it for a moment.
+            let mut unheard = lock(&self.unheard[Self::shard(channel)]);
+            if unheard.len() == UNHEARD {
+                unheard.pop_front();
+            }
+            let mut t = [0u8; 32];
+            t.copy_from_slice(to);
+            unheard.push_back(t);
+        }
         let Some(q) = map.get_mut(channel) else {
             return;
         };

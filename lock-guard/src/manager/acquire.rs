@@ -68,7 +68,6 @@ impl LockManager {
         // Nobody of this process waits for the key: try at once, without queueing (the only round
         // trip of an uncontended acquisition). `wait = 0` tries exactly once in any case.
         let mut tried: Option<(Instant, Option<std::time::Duration>)> = None;
-        let heard = inner.waiters.heard(&keys.channel);
         if options.max_wait().is_zero() || !inner.waiters.has_waiters(&keys.channel) {
             let sent = Instant::now();
             match self.bounded(hard_end, &keys, ask).await? {
@@ -102,9 +101,9 @@ impl LockManager {
             // The first waiter of an empty queue subscribes; it tries (again) unless it has tried
             // since the subscription was in place, so a release in between is not missed.
             if let Some(since) = self.subscribe(&place, &keys, hard_end).await {
-                // A release heard before this waiter was queued could have named it unheard.
-                let quiet = inner.waiters.heard(&keys.channel) == heard;
-                must_try = !(quiet && matches!((since, tried), (Some(s), Some((t, _))) if s < t));
+                // A release that named this waiter before it was queued went unheard: try.
+                let named = inner.waiters.was_named(&keys.channel, token.as_str());
+                must_try = named || !matches!((since, tried), (Some(s), Some((t, _))) if s < t);
             }
         }
         loop {
