@@ -472,3 +472,35 @@ async fn a_minority_down_while_held_means_waiting_not_an_error() {
         g.release().await.unwrap();
     }
 }
+
+/// Uncontended, every node of the majority issues the same token (all are offered the same least
+/// token), so no write-back round is needed: one command per node to acquire, one to release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncontended_acquisitions_need_no_fence_write_back() {
+    let servers = servers(3);
+    let locks = manager(&servers).await;
+    let key = LockKey::new("redlock-no-write-back").part(1);
+    // Warm the script caches (a NOSCRIPT reload adds commands).
+    locks
+        .lock(&key, LockOptions::new())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    const ROUNDS: u64 = 20;
+    let before = locks.metrics().commands;
+    let mut last = 0;
+    for _ in 0..ROUNDS {
+        let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
+        assert!(guard.fencing_token() > last, "tokens must rise");
+        last = guard.fencing_token();
+        guard.release().await.unwrap();
+    }
+    let sent = locks.metrics().commands - before;
+    // 3 nodes × (acquire + release); a write-back round would add 2 per acquisition (160 in all).
+    assert!(
+        sent <= ROUNDS * 6 + 4,
+        "{sent} commands for {ROUNDS} acquisitions and releases"
+    );
+}

@@ -170,9 +170,9 @@ impl ClusterBackend {
             armed: true,
         };
         let names = [&*keys.lock, keys.fence.as_str(), keys.queue.as_str()];
-        let [a1, a2, a3, a4, a5, a6] = acquire_args.get(&req);
+        let [a1, a2, a3, a4, a5, a6, a7] = acquire_args.get(&req);
         // Always with the retry flag: the client may resend it (see the module's docs).
-        let args: [&[u8]; 7] = [a1, a2, a3, a4, a5, a6, b"r"];
+        let args: [&[u8]; 8] = [a1, a2, a3, a4, a5, a6, a7, b"r"];
         let sent = Instant::now();
         let ((taken, value), acked) = match self.replicas {
             None => (

@@ -68,6 +68,8 @@ pub(crate) struct Try<'a> {
     /// More waiters of this process queue behind: the lock is marked as awaited at once, so its
     /// release will announce itself.
     pub(crate) others_wait: bool,
+    /// The least fencing token wanted (Redlock proposes one value for every node of a majority).
+    pub(crate) fence_floor: Option<u64>,
 }
 
 /// The answer to one try.

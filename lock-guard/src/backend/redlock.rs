@@ -116,11 +116,16 @@ impl RedlockBackend {
             req.token,
             self.tries.fetch_add(1, Ordering::Relaxed)
         );
-        // Nodes never register in their queues (see the module's docs).
+        // Nodes never register in their queues (see the module's docs). Every node is offered the
+        // same least token — this machine's clock in microseconds, a second ahead — so that nodes
+        // whose counters are not ahead of it all issue that very token and none needs the
+        // write-back round (a node's own `TIME`-derived token would differ from the others' by
+        // the clocks' spread).
         let node_req = Try {
             register: false,
             queued: false,
             token: &value,
+            fence_floor: Some(proposed_fence()),
             ..req
         };
         let mut fuse = Fuse {
@@ -410,6 +415,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn timed_out(key: &str, what: &'static str, timeout: Duration) -> LockError {
     LockError::backend(Some(key), BackendError::Timeout { what, timeout })
+}
+
+/// The token offered to every node: this machine's clock in microseconds, plus a second (so it is
+/// above the nodes' own clocks unless one runs a second ahead). Only a floor: a node whose counter
+/// is already past it issues a larger token, and the write-back covers that case.
+fn proposed_fence() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    micros.saturating_add(1_000_000)
 }
 
 /// A random duration below `max`.

@@ -63,6 +63,7 @@ impl LockManager {
             register: !options.max_wait().is_zero(),
             queued: false,
             others_wait: false,
+            fence_floor: None,
         };
 
         // Nobody of this process waits for the key: try at once, without queueing (the only round

@@ -5,7 +5,9 @@
 -- ARGV[5] when the lock is held, register the caller in the queue with this score (microseconds
 --         on the caller's clock: when it registered), else '-'
 -- ARGV[6] 'q' when the caller may already be in the queue (take it out once it has the lock)
--- ARGV[7] (optional) 'r' when this request is sent again after a dead connection (the first one
+-- ARGV[7] the least fencing token the caller wants, or '-' (Redlock: one value every node of a
+--         majority can agree on, so no write-back is needed)
+-- ARGV[8] (optional) 'r' when this request is sent again after a dead connection (the first one
 --         may have gone through)
 -- Returns {1, fencing token} when taken, {0, remaining lease of the holder in ms} when held.
 --
@@ -23,6 +25,9 @@ local function fence()
   -- command; the counter lives for a fixed time after the last acquisition, which bounds memory.
   local now = redis.call('TIME')
   local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if ARGV[7] ~= '-' and tonumber(ARGV[7]) > token then
+    token = tonumber(ARGV[7])
+  end
   local last = tonumber(redis.call('SET', KEYS[2], string.format('%.0f', token), 'PX', ARGV[3], 'GET'))
   if last and last >= token then
     token = last + 1
@@ -48,7 +53,7 @@ if held == 'claim:' .. ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1] .. '+', 'PX', ARGV[2])
   return {1, fence()}
 end
-if ARGV[7] == 'r' and (held == ARGV[1] or held == ARGV[1] .. '+') then
+if ARGV[8] == 'r' and (held == ARGV[1] or held == ARGV[1] .. '+') then
   -- Ours already: the first request went through. Its token is the counter's value.
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, tonumber(redis.call('GET', KEYS[2]))}

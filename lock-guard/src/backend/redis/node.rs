@@ -39,6 +39,7 @@ pub(crate) struct AcquireArgs {
     lease_ms: String,
     retention: String,
     score: String,
+    floor: String,
 }
 
 impl AcquireArgs {
@@ -55,11 +56,14 @@ impl AcquireArgs {
                     .to_string(),
                 false => "-".to_owned(),
             },
+            floor: req
+                .fence_floor
+                .map_or_else(|| "-".to_owned(), |f| f.to_string()),
         }
     }
 
-    /// `ARGV[1..=6]`; the retry flag (`r`) goes after them.
-    pub(crate) fn get<'a>(&'a self, req: &Try<'a>) -> [&'a [u8]; 6] {
+    /// `ARGV[1..=7]`; the retry flag (`r`) goes after them.
+    pub(crate) fn get<'a>(&'a self, req: &Try<'a>) -> [&'a [u8]; 7] {
         [
             req.token.as_bytes(),
             self.lease_ms.as_bytes(),
@@ -67,6 +71,7 @@ impl AcquireArgs {
             if req.others_wait { b"w" } else { b"-" },
             self.score.as_bytes(),
             if req.queued { b"q" } else { b"-" },
+            self.floor.as_bytes(),
         ]
     }
 }
