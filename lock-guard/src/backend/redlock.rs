@@ -5,9 +5,9 @@
 //! untouched. One try asks every node at once, each bounded by the command timeout, and decides as
 //! soon as the answers settle it:
 //!
-//! - a majority granted: the token is the largest the majority issued, written back to the nodes
-//!   that issued less (so the next majority, which shares a node with this one, issues a larger
-//!   one); the lock is valid until `sent + lease − drift`, counted from the moment the requests
+//! - a majority granted: the token is the largest the majority issued (every node is offered the
+//!   same least token, so they usually agree), written back to the nodes that issued less (so the
+//!   next majority, which shares a node with this one, issues a larger one); the lock is valid until `sent + lease − drift`, counted from the moment the requests
 //!   left — an acquisition whose validity has already run out is given back, never returned;
 //! - a majority can no longer grant it: everything granted is released at once (nodes still
 //!   silent are released by their own clean-up, on the connection the request went out on, so the
