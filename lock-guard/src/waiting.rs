@@ -189,10 +189,12 @@ impl Waiters {
     /// its timer for the end of that reservation, in case the process it went to is gone.
     pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
         let mut map = self.map(channel);
-        let queued = map
-            .get(channel)
-            .is_some_and(|q| q.waiters.iter().any(|w| w.token.as_slice() == to));
-        if !to.is_empty() && !queued && to.len() == 32 {
+        let q = map.get_mut(channel);
+        let named_at = match (&q, to.is_empty()) {
+            (Some(q), false) => q.waiters.iter().position(|w| w.token.as_slice() == to),
+            _ => None,
+        };
+        if !to.is_empty() && named_at.is_none() && to.len() == 32 {
             // Perhaps a caller of this process between its try and its queue (or another
             // process's): remember it for a moment.
             let mut unheard = lock(&self.unheard[Self::shard(channel)]);
@@ -203,23 +205,18 @@ impl Waiters {
             t.copy_from_slice(to);
             unheard.push_back(t);
         }
-        let Some(q) = map.get_mut(channel) else {
+        let Some(q) = q else {
             return;
         };
         // Named but not the head (callers arriving together each registered on their first try):
         // the lock is reserved for it, so it goes first.
-        if !to.is_empty()
-            && let Some(i) = q.waiters.iter().position(|w| w.token.as_slice() == to)
-            && i > 0
+        if let Some(i) = named_at.filter(|&i| i > 0)
             && let Some(named) = q.waiters.remove(i)
         {
             q.waiters.push_front(named);
         }
         if let Some(head) = q.waiters.front() {
-            if to.is_empty()
-                || to == head.token.as_slice()
-                || !head.registered.load(Ordering::Acquire)
-            {
+            if to.is_empty() || named_at.is_some() || !head.registered.load(Ordering::Acquire) {
                 // Named, or not registered yet (a head promoted after a local acquisition): try
                 // now, which registers it, so it is not skipped by the next hand-overs.
                 head.wake(true);

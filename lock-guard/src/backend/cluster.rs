@@ -254,13 +254,25 @@ impl ClusterBackend {
     }
 
     async fn release_token(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
+        self.release_script(keys, token, false).await
+    }
+
+    /// The release script; `abandoned` also takes the token out of the queue (the clean-up after a
+    /// try whose reply never came, which may have registered it).
+    async fn release_script(
+        &self,
+        keys: &Keys,
+        token: &str,
+        abandoned: bool,
+    ) -> Result<bool, LockError> {
         let handover = millis_arg(HANDOVER);
+        let forget: &[u8] = if abandoned { b"z" } else { b"-" };
         let n: i64 = self
             .eval(
                 &keys.lock,
                 &scripts().release,
                 &[&keys.lock, &keys.channel, &keys.queue],
-                &[token.as_bytes(), handover.as_bytes()],
+                &[token.as_bytes(), handover.as_bytes(), forget],
             )
             .await?;
         Ok(n == 1)
@@ -292,9 +304,9 @@ impl Drop for Fuse<'_> {
         };
         let (keys, token) = (self.keys.clone(), self.token.to_owned());
         background::spawn(async move {
-            let first = backend.release_token(&keys, &token).await;
+            let first = backend.release_script(&keys, &token, true).await;
             tokio::time::sleep(backend.timeout).await;
-            let second = backend.release_token(&keys, &token).await;
+            let second = backend.release_script(&keys, &token, true).await;
             let released = matches!(first, Ok(true)) || matches!(second, Ok(true));
             tracing::debug!(key = %keys.lock, released, "cleaned up after an abandoned acquisition");
         });
