@@ -89,3 +89,33 @@ pub(crate) fn scope<F: Future>(held: Held, fut: F) -> impl Future<Output = F::Ou
 pub fn fencing_token() -> Option<u64> {
     current().map(|h| h.fence)
 }
+
+/// The fencing token of the innermost lock held by the current guarded body, with the lock's key:
+/// what a fenced store records.
+///
+/// Outside a guarded body: [`LockError::NotHeld`](crate::LockError::NotHeld). Every section (one
+/// run of a body under one grant) gets a token strictly greater than every token issued before for
+/// the key; every call within one section returns the same [`Fence`]. A nested (reentrant) call
+/// shares its enclosing section's fence.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lock_guard::LockError> {
+/// use lock_guard::{LockKey, LockManager, LockOptions};
+///
+/// let locks = LockManager::memory();
+/// let key = LockKey::new("invoice").part(42);
+/// let fence = locks
+///     .run(&key, LockOptions::new(), async { lock_guard::fence().await })
+///     .await?;
+/// assert_eq!(fence.key(), "lock:{invoice:42}");
+/// assert!(lock_guard::fence().await.is_err()); // no lock held here
+/// # Ok(())
+/// # }
+/// ```
+pub async fn fence() -> Result<crate::Fence, crate::LockError> {
+    match current() {
+        Some(h) => Ok(crate::Fence::new(h.key.clone(), h.fence)),
+        None => Err(crate::LockError::NotHeld { what: "fence()" }),
+    }
+}

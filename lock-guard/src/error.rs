@@ -71,6 +71,16 @@ pub enum LockError {
         "no lock manager: pass `locks = …` to #[concurrency_guard] or call lock_guard::set_default(manager) at startup"
     )]
     NoDefault,
+    /// A fencing token (or a fenced transaction) was asked for outside a guarded body: no lock is
+    /// held by this task. Call it inside a `#[concurrency_guard]` function or
+    /// [`LockManager::run`](crate::LockManager::run), or use [`LockGuard::fence`](crate::LockGuard::fence).
+    #[error(
+        "no lock is held by this task: {what} must be called inside a #[concurrency_guard] body or LockManager::run (or use LockGuard::fence)"
+    )]
+    NotHeld {
+        /// What was asked for.
+        what: &'static str,
+    },
 }
 
 fn key_suffix(key: &Option<String>) -> String {
@@ -104,7 +114,7 @@ impl LockError {
             | LockError::Lost { key }
             | LockError::NotReplicated { key, .. } => Some(key),
             LockError::Backend { key, .. } => key.as_deref(),
-            LockError::NoDefault | LockError::Config { .. } => None,
+            LockError::NoDefault | LockError::Config { .. } | LockError::NotHeld { .. } => None,
         }
     }
 

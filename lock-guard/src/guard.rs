@@ -123,6 +123,13 @@ impl LockGuard {
         self.held().fence
     }
 
+    /// This section's fencing token with the lock's key: what a fenced store records (see
+    /// [`fence`](crate::fence)).
+    pub async fn fence(&self) -> Result<Fence, LockError> {
+        let h = self.held();
+        Ok(Fence::new(h.keys.lock.clone(), h.fence))
+    }
+
     /// The Redis key of the lock, e.g. `lock:{keyword:42}`.
     pub fn key(&self) -> &str {
         &self.held().keys.lock
@@ -227,5 +234,30 @@ impl Drop for LockGuard {
         if !spawned {
             tracing::warn!(%key, "dropped guard not released; the lease will free the lock");
         }
+    }
+}
+
+/// A section's fencing token and the lock key it was issued for: what a fenced store records per
+/// key, refusing a token smaller than the greatest it has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Fence {
+    key: Arc<str>,
+    token: u64,
+}
+
+impl Fence {
+    pub(crate) fn new(key: Arc<str>, token: u64) -> Self {
+        Fence { key, token }
+    }
+
+    /// The Redis key of the lock, e.g. `lock:{keyword:42}`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The token: strictly greater than every token issued to an earlier section of the key.
+    pub fn token(&self) -> u64 {
+        self.token
     }
 }

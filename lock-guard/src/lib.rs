@@ -173,9 +173,9 @@ mod waiting;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use context::fencing_token;
+pub use context::{fence, fencing_token};
 pub use error::{BackendError, LockError};
-pub use guard::LockGuard;
+pub use guard::{Fence, LockGuard};
 pub use key::{KeyParts, LockKey, Unordered, unordered};
 pub use manager::{
     LockManager, LockManagerBuilder, Metrics, default_manager, redact_url, set_default,

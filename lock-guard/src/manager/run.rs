@@ -275,5 +275,6 @@ fn outcome_name(e: &LockError) -> &'static str {
         LockError::Backend { .. } => "backend_error",
         LockError::Config { .. } => "config_error",
         LockError::NoDefault => "no_default",
+        LockError::NotHeld { .. } => "not_held",
     }
 }
