@@ -251,3 +251,72 @@ async fn every_manager_is_served_in_turn_on_a_cluster() {
     let cluster = RedisCluster::start().await;
     managers_take_turns(async || cluster.manager().await, "cluster").await;
 }
+
+/// Many processes on one key: a hand-over costs a constant number of commands, not one per
+/// waiting process. Sections are held longer than a reservation, so every reservation ends while
+/// its claimant holds the lock: a design in which every waiting process re-checks at the end of
+/// each reservation costs a script per waiting process per section here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_costs_the_same_however_many_processes_wait() {
+    const PROCESSES: usize = 50;
+    const WARMUP: usize = 5;
+    const MEASURED: usize = 10;
+    let hold = RESERVATION + Duration::from_millis(50);
+    let server = RedisServer::start();
+    let mut managers = Vec::with_capacity(PROCESSES);
+    for _ in 0..PROCESSES {
+        managers.push(server.manager().await);
+    }
+    let key = LockKey::new("hot").part("many-processes");
+    let options = LockOptions::new()
+        .wait(Duration::from_secs(60))
+        .lease(LEASE);
+    let sections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Commands sent by all managers when the section numbered by the index began.
+    let marks: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let all_commands = {
+        let managers = managers.clone();
+        move || managers.iter().map(|m| m.metrics().commands).sum::<u64>()
+    };
+    let mut set = JoinSet::new();
+    for locks in &managers {
+        let (locks, key, sections, marks, all_commands) = (
+            locks.clone(),
+            key.clone(),
+            sections.clone(),
+            marks.clone(),
+            all_commands.clone(),
+        );
+        set.spawn(async move {
+            loop {
+                let guard = locks.lock(&key, options).await.expect("served within 60 s");
+                let n = sections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                marks.lock().unwrap().push(all_commands());
+                if n >= WARMUP + MEASURED {
+                    guard.release().await.unwrap();
+                    return;
+                }
+                tokio::time::sleep(hold).await;
+                guard.release().await.unwrap();
+            }
+        });
+    }
+    // Once the last measured section began, the remaining tasks are cancelled.
+    while sections.load(std::sync::atomic::Ordering::SeqCst) <= WARMUP + MEASURED {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    set.shutdown().await;
+    let marks = marks.lock().unwrap().clone();
+    let per_section = (marks[WARMUP + MEASURED] - marks[WARMUP]) as f64 / MEASURED as f64;
+    eprintln!(
+        "{PROCESSES} processes, sections of {hold:?}: {per_section:.1} commands per section \
+         (all managers, over {MEASURED} sections after {WARMUP})"
+    );
+    // Per section: the release, the claimant's acquisition, the releasing process's next try (it
+    // queues again at once, and registers), the check of the one watching the reservation, and
+    // a little slack for a try that met a reservation. Not one per waiting process.
+    assert!(
+        per_section <= 8.0,
+        "{per_section:.1} commands per section with {PROCESSES} processes waiting"
+    );
+}
