@@ -16,8 +16,11 @@ use crate::background;
 use crate::error::{BackendError, LockError};
 use crate::waiting::{Subscriptions, Waiters};
 
+/// Where a subscription request hears when its channel is subscribed since (or why not).
+type Confirm = oneshot::Sender<Result<Instant, LockError>>;
+
 pub(super) enum SubCmd {
-    Subscribe(Arc<str>, oneshot::Sender<Result<Instant, LockError>>),
+    Subscribe(Arc<str>, Confirm),
     Unsubscribe(Arc<str>),
 }
 
@@ -254,7 +257,7 @@ impl SubscriberTask {
                         let Some(cmd) = cmd else { return };
                         // Take every request queued by now, and subscribe the new channels among
                         // them with one command.
-                        let mut fresh: Vec<(Arc<str>, oneshot::Sender<Result<Instant, LockError>>)> = Vec::new();
+                        let mut fresh: Vec<(Arc<str>, Confirm)> = Vec::new();
                         let mut next = Some(cmd);
                         while let Some(cmd) = next.take() {
                             match cmd {
