@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_guard::{LockKey, LockManager, LockOptions};
-use lock_guard_tests::{RedisCluster, RedisServer, Worker, field};
+use lock_guard_tests::{RedisCluster, RedisServer};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -319,45 +319,4 @@ async fn a_hand_over_costs_the_same_however_many_processes_wait() {
         per_section <= 8.0,
         "{per_section:.1} commands per section with {PROCESSES} processes waiting"
     );
-}
-
-/// The same with real OS processes (`lock_worker` in its `jepsen` mode on one key: 16 tasks each,
-/// sections of 0 to 14 ms through the fenced store, for 3 s): each process's share of the
-/// sections is fair.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_process_is_served_in_turn() {
-    const WORKER: &str = env!("CARGO_BIN_EXE_lock_worker");
-    let (server, store) = (RedisServer::start(), RedisServer::start());
-    let mut workers: Vec<Worker> = (0..MANAGERS)
-        .map(|_| {
-            Worker::spawn(
-                WORKER,
-                &[
-                    format!("url={}", server.url()),
-                    format!("store={}", store.url()),
-                    "mode=jepsen".to_owned(),
-                    "keys=hot".to_owned(),
-                    format!("tasks={TASKS}"),
-                    format!("duration_ms={}", WINDOW.as_millis()),
-                    format!("wait_ms={}", WAIT.as_millis()),
-                    format!("lease_ms={}", LEASE.as_millis()),
-                ],
-            )
-        })
-        .collect();
-    let mut counts = Vec::with_capacity(MANAGERS);
-    let mut errors = 0;
-    for worker in &mut workers {
-        let done = worker
-            .line("DONE", WAIT + WINDOW + Duration::from_secs(10))
-            .await
-            .expect("the worker finishes");
-        // `DONE <accepted> <fenced> <errors>`
-        counts.push(field(&done, 1).parse::<usize>().unwrap());
-        errors += field(&done, 3).parse::<usize>().unwrap();
-    }
-    let jain = jain(&counts);
-    eprintln!("{MANAGERS} processes: sections {counts:?}; Jain {jain:.3}; errors {errors}");
-    assert_eq!(errors, 0, "sections failed: shares {counts:?}");
-    assert!(jain >= 0.95, "unfair shares {counts:?} (Jain {jain:.3})");
 }
