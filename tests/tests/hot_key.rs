@@ -148,7 +148,7 @@ const RESERVATION: Duration = Duration::from_millis(100);
 /// the back): `2 (n - 1)`. A starved process waits through hundreds.
 ///
 /// With sections of well under a millisecond (`hold` 0), the other processes can run a few
-/// sections while the registering try waits for a scheduler slot (measured: up to 13 for 4
+/// sections while the registering try waits for a scheduler slot (measured: up to 20 for 4
 /// processes on a loaded 2-core machine, a few milliseconds); there only the time bound applies.
 fn turn_bound(n: usize) -> usize {
     2 * (n - 1)
@@ -157,7 +157,7 @@ fn turn_bound(n: usize) -> usize {
 /// The longest a manager may go without a section, whatever the sections' length here: behind at
 /// most `n - 1` other processes' turns and its own late registration, each of which may cost at
 /// worst a lapsed reservation before the next in line takes the lock — `n` reservations — doubled
-/// for a loaded machine. (Measured: at most 0.31 s; a starved process waits the whole window.)
+/// for a loaded machine. (Measured: at most 0.15 s; a starved process waits the whole window.)
 fn gap_bound(n: usize) -> Duration {
     RESERVATION * 2 * n as u32
 }
