@@ -2,14 +2,28 @@
 //! that wake them.
 //!
 //! Only the head of a key's queue asks the backend; the others sleep until they become the head.
-//! A release notification wakes the head alone. The queue also remembers when the current holder's
-//! lease ends, so a head whose notification was lost still retries by then. The backend delivers
-//! notifications ([`Waiters::wake_head`], [`Waiters::wake_all_heads`]) and, when it needs a
-//! subscription for them, is told through [`Subscriptions`] which keys have waiters.
+//! A caller joins the queue before its first try, so an uncontended caller is the head of an empty
+//! queue and tries at once. The backend delivers notifications ([`Waiters::wake_head`],
+//! [`Waiters::wake_all_heads`]) and, when it needs a subscription for them, is told through
+//! [`Subscriptions`] which keys have waiters.
 //!
-//! The cross-process half of the hand-over (a release reserves the lock for the oldest waiting
-//! process and names it in the notification) lives in the backend's scripts; this module only reads
-//! the name: the head it names tries at once, other heads wait out the reservation.
+//! The cross-process half of the hand-over lives in the backend's scripts: a head whose try fails
+//! registers in the key's queue of waiting processes (in order of arrival at the server); a release
+//! of an awaited lock reserves it for the oldest registration (for [`HANDOVER`]) and names that
+//! token — and the one after it — in its message. This module reads the names. Its invariants:
+//!
+//! - Only heads try, so a process has at most one registration per key at a time (its head's; for
+//!   a moment two, while a head that gave up takes its own out).
+//! - A head is marked `registered` after a failed try, which registered it. Its registration is
+//!   gone only when a release named it (or the head acquired, or gave up): a release is heard by
+//!   every subscribed process, and a head is in its queue from before its first try, so the name
+//!   reaches it (a reconnected subscriber, which may have missed names, wakes every head).
+//! - Named: the head tries at once (the reservation is its). Named as the one after: it watches the
+//!   reservation, trying once when it ends, in case the named process is gone. Not named and
+//!   registered: nothing to do, its turn comes by name; its last try's view of the holder's lease
+//!   end bounds how long a lost name can hold it up. Not registered (a head promoted after a local
+//!   acquisition): it tries, which registers it. So a hand-over costs a constant number of scripts,
+//!   however many processes wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +56,6 @@ pub(crate) trait Subscriptions: Send + Sync {
 pub(crate) struct Waiters {
     /// Sharded by key, so that calls on different keys do not contend for one lock.
     shards: Box<[Mutex<Shard>]>,
-    /// Per shard, the last few tokens that releases named while no local waiter held them: a
-    /// caller that tried before joining its queue finds out whether a release named it meanwhile.
-    unheard: Box<[Mutex<VecDeque<[u8; 32]>>]>,
     subscriptions: OnceLock<Box<dyn Subscriptions>>,
 }
 
@@ -54,15 +65,17 @@ type Shard = HashMap<Arc<str>, KeyQueue>;
 /// Shards of the queue map.
 const SHARDS: usize = 16;
 
-/// Named tokens remembered per shard for callers not queued yet (see [`Waiters::was_named`]): a
-/// caller joins its queue a moment after its try, so only the last few matter.
-const UNHEARD: usize = 8;
-
 struct KeyQueue {
     waiters: VecDeque<Arc<Waiter>>,
     /// Whether the release channel was subscribed for this queue (on its first failed try).
     subscribed: bool,
-    /// When the lock is expected to be free at the latest (the holder's lease end), if known.
+    /// Whether the last release message named a process other than this one (so other processes
+    /// wait for the key too): then a head promoted after a local acquisition registers at once,
+    /// keeping this process's place in the turns; alone, it need not (the release frees the lock).
+    contended: bool,
+    /// When the head tries unless woken before: the holder's lease end as the head's last try saw
+    /// it, the end of a reservation it watches, or (after a local acquisition) that holder's lease
+    /// end.
     retry_at: Option<Instant>,
 }
 
@@ -72,6 +85,13 @@ struct Waiter {
     token: [u8; 32],
     /// Whether this waiter, as head, has registered in the key's queue of waiting processes.
     registered: AtomicBool,
+    /// Whether this waiter counts as waiting ([`Waiters::len`]): it joined behind others, or its
+    /// first try failed. A caller that is still in its first try (an uncontended acquisition, as a
+    /// rule) is not waiting yet.
+    waiting: AtomicBool,
+    /// Whether this waiter asked for the queue's subscription and has not seen it confirmed: if it
+    /// leaves meanwhile, the next head must ask (and wait for the confirmation) itself.
+    confirming: AtomicBool,
     notify: Notify,
     /// Set by a wake-up that asks the head to try now (a release, a departed head, a reconnect);
     /// unset for a plain promotion after a local acquisition, where the lock is known to be held.
@@ -91,9 +111,6 @@ impl Waiters {
     pub(crate) fn new() -> Self {
         Waiters {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            unheard: (0..SHARDS)
-                .map(|_| Mutex::new(VecDeque::with_capacity(UNHEARD)))
-                .collect(),
             subscriptions: OnceLock::new(),
         }
     }
@@ -121,35 +138,13 @@ impl Waiters {
         self.shards.iter().map(lock)
     }
 
-    /// Whether a release named `token` on `channel` while it was not queued here (and forgets
-    /// it): the caller tried before joining its queue, and must try again rather than wait.
-    pub(crate) fn was_named(&self, channel: &str, token: &str) -> bool {
-        let mut unheard = lock(&self.unheard[Self::shard(channel)]);
-        match unheard
-            .iter()
-            .position(|t| t.as_slice() == token.as_bytes())
-        {
-            Some(i) => {
-                unheard.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether anyone in this process waits for the lock behind `channel`.
-    pub(crate) fn has_waiters(&self, channel: &str) -> bool {
-        self.map(channel).contains_key(channel)
-    }
-
     /// Whether `channel`'s queue exists and asked for notifications.
     pub(crate) fn wants_notifications(&self, channel: &str) -> bool {
         self.map(channel).get(channel).is_some_and(|q| q.subscribed)
     }
 
-    /// Joins the queue of `channel` at the back. Returns the place and whether it is the first
-    /// waiter (the queue was empty).
-    pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>, token: &str) -> (Place, bool) {
+    /// Joins the queue of `channel` at the back (at the head if the queue was empty).
+    pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>, token: &str) -> Place {
         let waiter = Arc::new(Waiter {
             token: {
                 // Owner tokens are 32 hex digits; a shorter one is zero-padded.
@@ -159,73 +154,61 @@ impl Waiters {
                 t
             },
             registered: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+            confirming: AtomicBool::new(false),
             notify: Notify::new(),
             try_now: AtomicBool::new(false),
         });
         let mut map = self.map(channel);
-        let first = !map.contains_key(channel);
+        waiter
+            .waiting
+            .store(map.contains_key(channel), Ordering::Relaxed);
         map.entry(channel.clone())
             .or_insert_with(|| KeyQueue {
                 waiters: VecDeque::with_capacity(4),
                 subscribed: false,
+                contended: false,
                 retry_at: None,
             })
             .waiters
             .push_back(waiter.clone());
         drop(map);
-        (
-            Place {
-                waiters: self.clone(),
-                channel: channel.clone(),
-                waiter,
-                done: false,
-            },
-            first,
-        )
+        Place {
+            waiters: self.clone(),
+            channel: channel.clone(),
+            waiter,
+            done: false,
+        }
     }
 
-    /// A release was announced on `channel`: wake the head of its queue to try. A release that
-    /// handed the lock to a waiting process names its token (`to`): any other head only re-arms
-    /// its timer for the end of that reservation, in case the process it went to is gone.
-    pub(crate) fn wake_head(&self, channel: &str, to: &[u8]) {
+    /// A release was announced on `channel`. `message` is empty when the release freed the lock,
+    /// else the token it reserved the lock for, followed by a space and the token registered after
+    /// it, if any (see the module's docs for what each head does).
+    pub(crate) fn wake_head(&self, channel: &str, message: &[u8]) {
+        let mut parts = message.split(|&b| b == b' ');
+        let to = parts.next().unwrap_or_default();
+        let after = parts.next().unwrap_or_default();
         let mut map = self.map(channel);
-        let q = map.get_mut(channel);
-        let named_at = match (&q, to.is_empty()) {
-            (Some(q), false) => q.waiters.iter().position(|w| w.token.as_slice() == to),
-            _ => None,
-        };
-        if !to.is_empty() && named_at.is_none() && to.len() == 32 {
-            // Perhaps a caller of this process between its try and its queue (or another
-            // process's): remember it for a moment.
-            let mut unheard = lock(&self.unheard[Self::shard(channel)]);
-            if unheard.len() == UNHEARD {
-                unheard.pop_front();
-            }
-            let mut t = [0u8; 32];
-            t.copy_from_slice(to);
-            unheard.push_back(t);
-        }
-        let Some(q) = q else {
+        let Some(q) = map.get_mut(channel) else {
             return;
         };
-        // Named but not the head (callers arriving together each registered on their first try):
-        // the lock is reserved for it, so it goes first.
-        if let Some(i) = named_at.filter(|&i| i > 0)
-            && let Some(named) = q.waiters.remove(i)
-        {
-            q.waiters.push_front(named);
+        let Some(head) = q.waiters.front() else {
+            return;
+        };
+        let ours = head.token.as_slice();
+        q.contended = (!to.is_empty() && to != ours) || (!after.is_empty() && after != ours);
+        if to.is_empty() || to == ours || !head.registered.load(Ordering::Acquire) {
+            // Freed, or reserved for this head, or a head that has not registered yet (its try
+            // registers it, so that the next hand-overs do not skip it): try now.
+            head.wake(true);
+        } else if after == ours {
+            // Next in line: if the process the lock is reserved for is gone, the reservation
+            // lapses unclaimed and nobody would be told. Look once when it ends.
+            q.retry_at = Some(Instant::now() + HANDOVER);
+            head.wake(false);
         }
-        if let Some(head) = q.waiters.front() {
-            if to.is_empty() || named_at.is_some() || !head.registered.load(Ordering::Acquire) {
-                // Named, or not registered yet (a head promoted after a local acquisition): try
-                // now, which registers it, so it is not skipped by the next hand-overs.
-                head.wake(true);
-            } else {
-                // Reserved for another process: if that one is gone, try when the reservation
-                // ends. The head reads this when its timer next looks; no need to wake it now.
-                q.retry_at = Some(Instant::now() + HANDOVER);
-            }
-        }
+        // Otherwise reserved for another process while this head is registered further back:
+        // nothing to do until it is named.
     }
 
     /// Notifications may have been missed (the subscriber reconnected): every head tries.
@@ -251,10 +234,15 @@ impl Waiters {
             .collect()
     }
 
-    /// Number of local waiters on all keys.
+    /// Number of local waiters on all keys (see `Waiter::waiting`).
     pub(crate) fn len(&self) -> usize {
         self.all()
-            .map(|m| m.values().map(|q| q.waiters.len()).sum::<usize>())
+            .map(|m| {
+                m.values()
+                    .flat_map(|q| &q.waiters)
+                    .filter(|w| w.waiting.load(Ordering::Relaxed))
+                    .count()
+            })
             .sum()
     }
 }
@@ -314,16 +302,25 @@ impl Place {
             return None;
         }
         q.subscribed = true;
-        Some(
-            self.waiters
-                .subscriptions
-                .get()
-                .map(|s| s.subscribe(&self.channel)),
-        )
+        let confirmation = self
+            .waiters
+            .subscriptions
+            .get()
+            .map(|s| s.subscribe(&self.channel));
+        self.waiter
+            .confirming
+            .store(confirmation.is_some(), Ordering::Relaxed);
+        Some(confirmation)
+    }
+
+    /// The confirmation asked for with [`subscribe`](Self::subscribe) came (or will not).
+    pub(crate) fn confirmed(&self) {
+        self.waiter.confirming.store(false, Ordering::Relaxed);
     }
 
     /// This head's failed try registered it in the key's queue of waiting processes.
     pub(crate) fn set_registered(&self) {
+        self.waiter.waiting.store(true, Ordering::Relaxed);
         self.waiter.registered.store(true, Ordering::Release);
     }
 
@@ -365,16 +362,25 @@ impl Place {
             }
             return;
         }
+        if self.waiter.confirming.load(Ordering::Relaxed) {
+            // Gone before the subscription it asked for was confirmed: a release before that
+            // would go unheard, so the next head asks again (it is told at once if the
+            // subscription is in place by then) and tries once more after that.
+            q.subscribed = false;
+        }
         if was_head {
             if let Some((until, _)) = acquired {
                 q.retry_at = Some(until);
             }
             if let Some(next) = q.waiters.front() {
                 // After a local acquisition of a marked lock, the next head only re-arms its
-                // timer. A head that gave up hands on the turn to try. A queue not subscribed yet
-                // must first subscribe: the next head tries (and subscribes after that failed try)
-                // rather than wait for a message it cannot hear.
-                next.wake(!matches!(acquired, Some((_, true))) || !q.subscribed);
+                // timer: the release will wake it (and its try then registers it). Unless other
+                // processes wait too: then it tries (and registers) now, so that its process's
+                // place in the turns does not hang on how soon it hears that release. A head that
+                // gave up hands on the turn to try. A queue not subscribed yet must first
+                // subscribe: the next head tries (and subscribes after that failed try) rather
+                // than wait for a message it cannot hear.
+                next.wake(!matches!(acquired, Some((_, true))) || !q.subscribed || q.contended);
             }
         }
     }

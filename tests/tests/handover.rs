@@ -304,9 +304,15 @@ async fn a_vanished_claimant_delays_others_by_the_reservation_only() {
         .expect("the release of an awaited lock publishes")
         .expect("the observer's subscription is open");
     let named: String = message.get_payload().unwrap();
+    let mut named = named.split(' ');
     assert_eq!(
-        named, "fake-token",
+        named.next(),
+        Some("fake-token"),
         "the release names the oldest registration"
+    );
+    assert!(
+        named.next().is_some_and(|t| t.len() == 32),
+        "the release names the registration after it, which watches the reservation"
     );
 
     let (result, acquired_at) = timeout(Duration::from_secs(10), task)

@@ -14,7 +14,7 @@ use crate::error::{BackendError, LockError};
 use crate::guard::{LockGuard, Token};
 use crate::key::LockKey;
 use crate::options::LockOptions;
-use crate::waiting::{HANDOVER, Place};
+use crate::waiting::Place;
 
 impl LockManager {
     /// Takes the lock, waiting up to `options.wait`. The guard releases it on
@@ -66,47 +66,29 @@ impl LockManager {
             fence_floor: None,
         };
 
-        // Nobody of this process waits for the key: try at once, without queueing (the only round
-        // trip of an uncontended acquisition). `wait = 0` tries exactly once in any case.
-        let mut tried: Option<(Instant, Option<std::time::Duration>)> = None;
-        if options.max_wait().is_zero() || !inner.waiters.has_waiters(&keys.channel) {
-            let sent = Instant::now();
-            match self.bounded(hard_end, &keys, ask).await? {
-                Attempt::Acquired { fence, valid_until } => return Ok(guard(fence, valid_until)),
-                Attempt::Held(_) if options.max_wait().is_zero() => return Err(not_acquired()),
-                Attempt::Held(pttl) => {
-                    ask.queued = true;
-                    tried = Some((sent, pttl));
-                }
-            }
+        // `wait = 0`: exactly one try, outside the queue, and no registration.
+        if options.max_wait().is_zero() {
+            return match self.bounded(hard_end, &keys, ask).await? {
+                Attempt::Acquired { fence, valid_until } => Ok(guard(fence, valid_until)),
+                Attempt::Held(_) => Err(not_acquired()),
+            };
         }
 
-        // Queue behind the local waiters; only the head asks.
-        let (place, first) = inner.waiters.join(&keys.channel, token.as_str());
+        // Join the local queue *before* the first try: only the head asks, so the head is the only
+        // waiter of this process that registers in the key's queue of waiting processes, and it is
+        // in the local queue whenever a release can name it (see `waiting.rs`). An uncontended
+        // acquisition is still one round trip: the caller is the head of an empty queue and tries
+        // at once.
+        let place = inner.waiters.join(&keys.channel, token.as_str());
         // Once this waiter's try as head failed, it is registered in the key's queue of waiting
         // processes; if it gives up (wait over, cancelled, an error), it takes itself out.
         let mut registration = Registration {
             manager: self,
             keys: &keys,
             token: &token,
-            active: ask.queued,
+            active: false,
         };
         let mut must_try = true;
-        if let Some((_, pttl)) = tried {
-            place.set_registered();
-            if first {
-                place.set_retry_at(pttl.map(|p| Instant::now() + p));
-            }
-        }
-        if first {
-            // The first waiter of an empty queue subscribes; it tries (again) unless it has tried
-            // since the subscription was in place, so a release in between is not missed.
-            if let Some(since) = self.subscribe(&place, &keys, hard_end).await {
-                // A release that named this waiter before it was queued went unheard: try.
-                let named = inner.waiters.was_named(&keys.channel, token.as_str());
-                must_try = named || !matches!((since, tried), (Some(s), Some((t, _))) if s < t);
-            }
-        }
         loop {
             if must_try && place.state().0 {
                 if Instant::now() >= wait_end {
@@ -114,6 +96,7 @@ impl LockManager {
                 }
                 ask.others_wait = place.others_wait();
                 registration.active = true;
+                let sent = Instant::now();
                 match self.bounded(hard_end, &keys, ask).await? {
                     Attempt::Acquired { fence, valid_until } => {
                         registration.active = false;
@@ -126,23 +109,28 @@ impl LockManager {
                         place.set_retry_at(pttl.map(|p| Instant::now() + p));
                     }
                 }
-                // A head promoted into a queue that never subscribed subscribes now and tries
-                // again; a release announced while we asked: ask again.
-                if self.subscribe(&place, &keys, hard_end).await.is_some() || place.take_try() {
+                // A queue that never subscribed subscribes now, then tries once more unless the
+                // subscription was in place before that try was sent (a release in between would
+                // have gone unheard); a release announced while we asked: ask again.
+                match self.subscribe(&place, &keys, hard_end).await {
+                    Some(Some(since)) if since < sent => {}
+                    Some(_) => continue,
+                    None => {}
+                }
+                if place.take_try() {
                     continue;
                 }
             }
+            // The head sleeps until a release wakes it (named, or the lock freed, or asked to
+            // watch a reservation: see `Waiters::wake_head`) or until `retry_at`: the end of the
+            // holder's lease as its last try saw it, or of a reservation it watches. Its last try
+            // registered it, so its turn comes by name; the lease end only bounds how long a lost
+            // name (or a registration the server lost) can hold it up.
             let (head, retry_at) = place.state();
-            let mut timer = match retry_at {
+            let timer = match retry_at {
                 Some(at) if head => at.min(wait_end),
                 _ => wait_end,
             };
-            if head && ask.queued {
-                // A release that reserves the lock for another process moves `retry_at` to the
-                // reservation's end without waking this task (every waiting process hears every
-                // release): look at it again every reservation time, locally.
-                timer = timer.min(Instant::now() + HANDOVER);
-            }
             tokio::select! {
                 try_now = place.notified() => must_try = try_now,
                 () = sleep_until(timer) => {
@@ -170,7 +158,9 @@ impl LockManager {
             return Some(None);
         };
         let bound = hard_end.min(Instant::now() + self.inner.backend.command_timeout());
-        Some(match timeout_at(bound, confirmed).await {
+        let confirmation = timeout_at(bound, confirmed).await;
+        place.confirmed();
+        Some(match confirmation {
             Ok(Ok(Ok(since))) => Some(since),
             Ok(Ok(Err(e))) => {
                 tracing::debug!(key = %keys.lock, error = %e, "release channel not subscribed; waiting on the lease");

@@ -2,8 +2,8 @@
 -- KEYS[1] lock key, KEYS[2] fencing counter key, KEYS[3] queue of waiting processes
 -- ARGV[1] owner token, ARGV[2] lease in ms, ARGV[3] lifetime of the fencing counter in ms,
 -- ARGV[4] 'w' when more waiters of this process queue behind the caller, else '-'
--- ARGV[5] when the lock is held, register the caller in the queue with this score (microseconds
---         on the caller's clock: when it registered), else '-'
+-- ARGV[5] '-' not to register the caller in the queue when the lock is held; anything else to
+--         register it (the value is not used: the queue is ordered by arrival at the server)
 -- ARGV[6] 'q' when the caller may already be in the queue (take it out once it has the lock)
 -- ARGV[7] the least fencing token the caller wants, or '-' (Redlock: one value every node of a
 --         majority can agree on, so no write-back is needed)
@@ -62,8 +62,14 @@ if held and string.sub(held, -1) ~= '+' and string.sub(held, 1, 6) ~= 'claim:' t
   -- Mark the lock as awaited (APPEND keeps the expiry), so its release wakes the waiters.
   redis.call('APPEND', KEYS[1], '+')
 end
-if ARGV[5] ~= '-' and redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1]) == 1 then
-  -- The queue outlives its last registration by a minute (entries of waiters that died go with it).
-  redis.call('PEXPIRE', KEYS[3], 60000)
+if ARGV[5] ~= '-' then
+  -- In order of arrival at this server, whatever the callers' clocks say: one past the newest
+  -- registration (NX: a caller already registered keeps its place).
+  local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')[2]
+  if redis.call('ZADD', KEYS[3], 'NX', (tonumber(newest) or 0) + 1, ARGV[1]) == 1 then
+    -- The queue outlives its last registration by a minute (entries of waiters that died go with
+    -- it).
+    redis.call('PEXPIRE', KEYS[3], 60000)
+  end
 end
 return {0, redis.call('PTTL', KEYS[1])}

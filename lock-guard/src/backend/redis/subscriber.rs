@@ -16,8 +16,11 @@ use crate::background;
 use crate::error::{BackendError, LockError};
 use crate::waiting::{Subscriptions, Waiters};
 
+/// Where a subscription request hears when its channel is subscribed since (or why not).
+type Confirm = oneshot::Sender<Result<Instant, LockError>>;
+
 pub(super) enum SubCmd {
-    Subscribe(Arc<str>, oneshot::Sender<Result<Instant, LockError>>),
+    Subscribe(Arc<str>, Confirm),
     Unsubscribe(Arc<str>),
 }
 
@@ -113,6 +116,9 @@ struct Subscribed {
     wanted: Instant,
 }
 
+/// The most channels one `SUBSCRIBE` or `UNSUBSCRIBE` carries.
+const BATCH: usize = 1000;
+
 /// How long a release channel stays subscribed after its last local waiter left.
 const UNSUBSCRIBE_GRACE: Duration = Duration::from_millis(500);
 
@@ -176,21 +182,26 @@ impl SubscriberTask {
             // few milliseconds would otherwise cost a SUBSCRIBE and an UNSUBSCRIBE each time.
             // Each entry: when to look, the channel, when its queue went away.
             let mut lingering: VecDeque<(Instant, Arc<str>, Instant)> = VecDeque::new();
+            // Everything at once, a batch of channels per command: after a reconnection with
+            // thousands of waiting keys, a round trip per channel would keep them deaf for long.
+            let channels = waiters.subscribed_channels();
             let mut ok = true;
-            for ch in waiters.subscribed_channels() {
-                match self.sub(&mut sink, &ch).await {
-                    Ok(since) => subscribed.insert(
-                        ch,
-                        Subscribed {
-                            since,
-                            wanted: since,
-                        },
-                    ),
+            for batch in channels.chunks(BATCH) {
+                match self.sub(&mut sink, batch).await {
+                    Ok(since) => subscribed.extend(batch.iter().map(|ch| {
+                        (
+                            ch.clone(),
+                            Subscribed {
+                                since,
+                                wanted: since,
+                            },
+                        )
+                    })),
                     Err(_) => {
                         ok = false;
                         break;
                     }
-                };
+                }
             }
             if connected_once {
                 waiters.wake_all_heads();
@@ -205,21 +216,26 @@ impl SubscriberTask {
                 tokio::select! {
                     () = sleep_until_opt(next_unsubscribe), if next_unsubscribe.is_some() => {
                         let now = Instant::now();
-                        let mut failed = false;
-                        while let Some((_, ch, gone)) = lingering.front().filter(|(at, _, _)| *at <= now).cloned() {
+                        let mut gone = Vec::new();
+                        while let Some((_, ch, left)) = lingering.front().filter(|(at, _, _)| *at <= now).cloned() {
                             lingering.pop_front();
                             // A queue that asked for notifications since keeps the channel (and
                             // says so when it goes); anything else lets it go now.
-                            let asked_again = subscribed.get(&ch).is_some_and(|s| s.wanted > gone);
+                            let asked_again = subscribed.get(&ch).is_some_and(|s| s.wanted > left);
                             let wanted = asked_again
                                 || self.waiters.upgrade().is_some_and(|w| w.wants_notifications(&ch));
                             if !wanted && subscribed.remove(&ch).is_some() {
-                                self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
-                                let r = tokio::time::timeout(self.timeout, sink.unsubscribe(&*ch)).await;
-                                if !matches!(r, Ok(Ok(()))) {
-                                    failed = true;
-                                    break;
-                                }
+                                gone.push(ch);
+                            }
+                        }
+                        let mut failed = false;
+                        for batch in gone.chunks(BATCH) {
+                            self.counters.subscriber_commands.fetch_add(1, Ordering::Relaxed);
+                            let names: Vec<&str> = batch.iter().map(|ch| &**ch).collect();
+                            let r = tokio::time::timeout(self.timeout, sink.unsubscribe(names)).await;
+                            if !matches!(r, Ok(Ok(()))) {
+                                failed = true;
+                                break;
                             }
                         }
                         if failed {
@@ -237,29 +253,57 @@ impl SubscriberTask {
                             break;
                         }
                     },
-                    cmd = self.rx.recv() => match cmd {
-                        None => return,
-                        Some(SubCmd::Subscribe(ch, reply)) => {
-                            let r = match subscribed.get_mut(&ch) {
-                                Some(sub) => {
-                                    sub.wanted = Instant::now();
-                                    Ok(sub.since)
+                    cmd = self.rx.recv() => {
+                        let Some(cmd) = cmd else { return };
+                        // Take every request queued by now, and subscribe the new channels among
+                        // them with one command.
+                        let mut fresh: Vec<(Arc<str>, Confirm)> = Vec::new();
+                        let mut next = Some(cmd);
+                        while let Some(cmd) = next.take() {
+                            match cmd {
+                                SubCmd::Subscribe(ch, reply) => match subscribed.get_mut(&ch) {
+                                    Some(sub) => {
+                                        sub.wanted = Instant::now();
+                                        let _ = reply.send(Ok(sub.since));
+                                    }
+                                    None => fresh.push((ch, reply)),
+                                },
+                                SubCmd::Unsubscribe(ch) => {
+                                    // A channel of this batch counts as subscribed: it is, once
+                                    // the batch went through.
+                                    if subscribed.contains_key(&ch) || fresh.iter().any(|(c, _)| *c == ch) {
+                                        let now = Instant::now();
+                                        lingering.push_back((now + UNSUBSCRIBE_GRACE, ch, now));
+                                    }
                                 }
-                                None => self.sub(&mut sink, &ch).await.inspect(|&since| {
-                                    subscribed.insert(ch, Subscribed { since, wanted: since });
-                                }),
-                            };
-                            let failed = r.is_err();
-                            let _ = reply.send(r);
-                            if failed {
-                                break;
+                            }
+                            if fresh.len() < BATCH {
+                                next = self.rx.try_recv().ok();
                             }
                         }
-                        Some(SubCmd::Unsubscribe(ch)) => {
-                            if subscribed.contains_key(&ch) {
-                                let now = Instant::now();
-                                lingering.push_back((now + UNSUBSCRIBE_GRACE, ch, now));
-                            }
+                        if fresh.is_empty() {
+                            continue;
+                        }
+                        // The same channel asked for twice in one batch is subscribed once.
+                        let mut names: Vec<Arc<str>> = fresh.iter().map(|(ch, _)| ch.clone()).collect();
+                        names.sort_unstable();
+                        names.dedup();
+                        let r = self.sub(&mut sink, &names).await;
+                        if let Ok(since) = r {
+                            subscribed.extend(names.into_iter().map(|ch| (ch, Subscribed { since, wanted: since })));
+                        }
+                        for (_, reply) in fresh {
+                            // The error is not `Clone`: each waiter hears what went wrong.
+                            let _ = reply.send(match &r {
+                                Ok(since) => Ok(*since),
+                                Err(e) => Err(LockError::backend(
+                                    None,
+                                    BackendError::Pool(format!("subscribing failed: {e}")),
+                                )),
+                            });
+                        }
+                        if r.is_err() {
+                            break;
                         }
                     }
                 }
@@ -267,13 +311,18 @@ impl SubscriberTask {
         }
     }
 
-    /// Subscribes `ch`; returns when the subscription was confirmed (it is in place since then at
-    /// the latest).
-    async fn sub(&self, sink: &mut redis::aio::PubSubSink, ch: &str) -> Result<Instant, LockError> {
+    /// Subscribes `channels` with one command; returns when the subscriptions were all confirmed
+    /// (they are in place since then at the latest).
+    async fn sub(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        channels: &[Arc<str>],
+    ) -> Result<Instant, LockError> {
         self.counters
             .subscriber_commands
             .fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.timeout, sink.subscribe(ch)).await {
+        let names: Vec<&str> = channels.iter().map(|ch| &**ch).collect();
+        match tokio::time::timeout(self.timeout, sink.subscribe(names)).await {
             Ok(Ok(())) => Ok(Instant::now()),
             Ok(Err(e)) => Err(LockError::backend(None, BackendError::Redis(e))),
             Err(_) => Err(LockError::backend(
