@@ -60,9 +60,12 @@ async fn channel(url: &str) -> Result<(Connection, Channel), BoxError> {
 
 impl AmqpQueues {
     /// Connects to `url` and declares (if missing) the queue `queue` and the dead-letter queue
-    /// `dlq`, both durable.
+    /// `dlq`, both durable; a run's queues are deleted at its end, and expire after 10 minutes
+    /// unused if the run was killed.
     pub async fn declare(url: &str, queue: &str, dlq: &str) -> Result<AmqpQueues, BoxError> {
         let (connection, channel) = channel(url).await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
         for name in [queue, dlq] {
             channel
                 .queue_declare(
@@ -71,7 +74,7 @@ impl AmqpQueues {
                         durable: true,
                         ..QueueDeclareOptions::default()
                     },
-                    FieldTable::default(),
+                    arguments.clone(),
                 )
                 .await?;
         }

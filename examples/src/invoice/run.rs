@@ -113,8 +113,9 @@ pub struct ConsumerConfig {
     pub faults: Faults,
 }
 
-/// The line a consumer process prints on stdout once it consumes, followed by the queue name.
-pub const CONSUMING: &str = "consuming ";
+/// What a consumer process prints on stdout once it consumes, followed by the queue name (a test
+/// harness may print before it on the same line).
+pub const CONSUMING: &str = "invoice consumer ready: ";
 
 /// A consumer process's main: the lock service and database from the environment (as
 /// [`Setup::from_env`] reads them; `DATABASE_URL` is required), the rest from `config`. Returns
@@ -153,7 +154,7 @@ pub struct ConsumerProcess {
 
 impl ConsumerProcess {
     /// Runs `command` (which runs [`consume_from_config`]) and waits up to 30 s for its
-    /// `consuming …` line.
+    /// `invoice consumer ready: …` line.
     pub async fn spawn(mut command: Command) -> io::Result<ConsumerProcess> {
         let mut child = command
             .stdin(Stdio::piped())
@@ -168,7 +169,7 @@ impl ConsumerProcess {
         let mut lines = BufReader::new(stdout).lines();
         tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
-                if line.starts_with(CONSUMING) {
+                if line.contains(CONSUMING) {
                     return Ok(());
                 }
             }
