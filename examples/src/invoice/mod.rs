@@ -36,7 +36,7 @@
 //! statement goes out, so that it reaches the database after the lease, after another consumer
 //! has taken the order over. With `fenced`, every write carries the section's fencing token
 //! ([`lock_guard::fence`]) and the database refuses a token smaller than the one stored for the
-//! order ([`InvoiceService::write`]): the stale holder's write changes nothing.
+//! order (one small function, `InvoiceService::write`): the stale holder's write changes nothing.
 
 pub mod amqp;
 pub mod queue;
