@@ -415,4 +415,9 @@ async fn a_consumer_killed_mid_step_leaves_the_event_to_another_which_pays_once(
         done.redeliveries >= 1,
         "the broker delivered the event again: {done:?}"
     );
+    assert!(
+        done.skipped >= 1,
+        "the dead consumer's lease still held the order: the re-delivery was skipped and \
+         requeued until it expired: {done:?}"
+    );
 }
