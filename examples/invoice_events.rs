@@ -28,7 +28,7 @@
 //! ```
 //!
 //! Each event is published `--copies` times at once (the publisher retried), and on one order in
-//! `--faults` the payment step is slow (longer than the deadline) on its first delivery, on
+//! `--faults` the payment step is slow (longer than the deadline) the first time it runs, on
 //! another the consumer stalls (a blocking pause longer than the lease) right before writing the
 //! payment. The table: invoices per order (duplicates), customers charged twice, paid invoices
 //! overwritten back to drafts, orders left unpaid; deliveries, re-deliveries, deliveries skipped
@@ -161,7 +161,7 @@ async fn drive(args: &Args) -> Result<ExitCode, BoxError> {
     );
     println!(
         "  load: {} orders, each event published {}x at once; lease {} ms (deadline 2/3 of it), \
-         steps {} ms; faults: 1 order in {} pays slowly ({} ms) on its first delivery, 1 in {} \
+         steps {} ms; faults: 1 order in {} pays slowly ({} ms) the first time, 1 in {} \
          stalls {} ms before writing its payment",
         plan.orders,
         plan.copies,

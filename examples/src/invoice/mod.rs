@@ -151,7 +151,8 @@ impl Timing {
     };
 }
 
-/// The faults the demo injects, on the first delivery of an event's first publication only.
+/// The faults the demo injects, on the first run of an order's steps only (the one that finds no
+/// invoice yet): a re-delivery after the fault finds the draft and runs normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Faults {
     /// With `n > 7`: orders with `id % n == 3` have a slow payment step ([`Timing::slow_step`]),
@@ -364,10 +365,9 @@ impl InvoiceService {
             }
         };
         let order = event.order_id;
-        let first = !redelivered && event.copy == 0;
         let result = match self.mode {
-            Mode::Unguarded => self.steps(order, first, None).await,
-            Mode::Guarded | Mode::Fenced => self.process(order, first).await,
+            Mode::Unguarded => self.steps(order, None).await,
+            Mode::Guarded | Mode::Fenced => self.process(order).await,
         };
         let (outcome, disposition) = match &result {
             Ok(Handled::Paid) => ("paid", Disposition::Ack),
@@ -398,21 +398,16 @@ impl InvoiceService {
     /// order is being handled, this one returns `LockError::NotAcquired` at once (and is
     /// requeued). With [`Mode::Fenced`] every write carries the section's fencing token.
     #[concurrency_guard(name = "invoice", wait = 0s, lease = self.timing.lease, locks = self.locks)]
-    pub async fn process(&self, order: OrderId, first: bool) -> Result<Handled, InvoiceError> {
+    pub async fn process(&self, order: OrderId) -> Result<Handled, InvoiceError> {
         let fence = match self.mode {
             Mode::Fenced => Some(lock_guard::fence().await?),
             Mode::Unguarded | Mode::Guarded => None,
         };
-        self.steps(order, first, fence.as_ref()).await
+        self.steps(order, fence.as_ref()).await
     }
 
     /// The state machine: compute amount → create (or refresh) the draft → pay.
-    async fn steps(
-        &self,
-        order: OrderId,
-        first: bool,
-        fence: Option<&Fence>,
-    ) -> Result<Handled, InvoiceError> {
+    async fn steps(&self, order: OrderId, fence: Option<&Fence>) -> Result<Handled, InvoiceError> {
         let mut conn = self.db.pool().acquire().await?;
         let conn: &mut AnyConnection = &mut conn;
         let Some(order_amount) = self.order_amount(conn, order).await? else {
@@ -421,7 +416,11 @@ impl InvoiceService {
         if fence.is_some() {
             self.write(conn, order, Change::Claim, fence).await?;
         }
-        let invoice = match self.state(conn, order).await? {
+        let state = self.state(conn, order).await?;
+        // The demo's faults hit the first run of an order's steps (no invoice yet), whichever
+        // delivery it is.
+        let first = state == State::NoInvoice;
+        let invoice = match state {
             State::Paid => return Ok(Handled::AlreadyPaid),
             State::NoInvoice => {
                 let amount = self.compute_amount(order_amount).await;

@@ -348,19 +348,28 @@ pub async fn count(
     Ok(counts)
 }
 
-/// The database's side of a [`Report`].
+/// The database's side of a [`Report`] (the fields mean the same).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub struct Counts {
+    /// Invoices stored.
     pub invoices: i64,
+    /// Invoices beyond one per order.
     pub duplicates: i64,
+    /// Charges beyond one per order.
     pub charged_twice: i64,
+    /// Paid invoices rewritten as drafts.
     pub overwritten: i64,
+    /// Orders without a paid invoice.
     pub unpaid: i64,
+    /// Deliveries handled.
     pub deliveries: i64,
+    /// Of which re-deliveries.
     pub redeliveries: i64,
+    /// Skipped (order held elsewhere), requeued.
     pub skipped: i64,
+    /// Dropped at the deadline, requeued.
     pub deadline: i64,
+    /// Stale writes refused by the fence.
     pub refused: i64,
 }
 
