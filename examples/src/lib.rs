@@ -9,13 +9,17 @@
 //!   processes, on the lock service named by `REDIS_URL`, `REDIS_CLUSTER` or `REDLOCK` and the
 //!   database named by `DATABASE_URL`;
 //! - [`driver`]: bursts of concurrent duplicate requests, and the table of what got stored.
+//! - [`invoice`]: the invoice service — "create invoice" events from a queue (embedded or
+//!   RabbitMQ) handled under `#[concurrency_guard(name = "invoice", wait = 0s, …)]`.
 //!
-//! Run `cargo run --example keyword_dedupe` and `cargo run --example like_match`.
+//! Run `cargo run --example keyword_dedupe`, `cargo run --example like_match` and
+//! `cargo run --example invoice_events`.
 
 pub mod db;
 pub mod driver;
 pub mod error;
 pub mod instance;
+pub mod invoice;
 pub mod keyword;
 pub mod like;
 pub mod setup;
