@@ -55,6 +55,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) timeout: Duration,
     /// `WAIT` for this many replicas, at most this long, after each acquisition.
     pub(crate) replicas: Option<(u64, Duration)>,
+    /// Accept masters whose `maxmemory-policy` can evict locks.
+    pub(crate) allow_eviction: bool,
 }
 
 pub(crate) struct ClusterBackend {
@@ -88,6 +90,10 @@ impl ClusterBackend {
                     ));
                 }
             };
+        let mut conn = conn;
+        if !config.allow_eviction {
+            check_eviction(&mut conn, config.timeout).await?;
+        }
         let counters = Arc::new(Counters::default());
         let subscriptions = super::redis::spawn_subscriber(
             config.subscriber,
@@ -390,4 +396,54 @@ impl Backend for ClusterBackend {
         f.field("backend", &"cluster")
             .field("urls", &self.shown_urls);
     }
+}
+
+/// Refuses a cluster any of whose masters can evict locks (see `redis::eviction`): `INFO memory`
+/// on every master, once, when the manager is built.
+async fn check_eviction(conn: &mut ClusterConnection, timeout: Duration) -> Result<(), LockError> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    let mut info = redis::cmd("INFO");
+    info.arg("memory");
+    let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let answers = match tokio::time::timeout(timeout * 2, conn.route_command(info, routing)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) if e.code() == Some("NOPERM") => {
+            tracing::warn!("not allowed to read INFO memory: the eviction policy is not checked");
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(LockError::backend(None, BackendError::Redis(e))),
+        Err(_) => {
+            return Err(LockError::backend(
+                None,
+                BackendError::Timeout {
+                    what: "INFO memory on every master",
+                    timeout: timeout * 2,
+                },
+            ));
+        }
+    };
+    let pairs: Vec<(String, String)> = match answers {
+        redis::Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    redis::from_redis_value(k).ok()?,
+                    redis::from_redis_value(v).ok()?,
+                ))
+            })
+            .collect(),
+        other => vec![(
+            "the cluster".to_owned(),
+            redis::from_redis_value(other).unwrap_or_default(),
+        )],
+    };
+    for (node, text) in pairs {
+        if let Some(e) = super::redis::eviction::evicting(&text) {
+            return Err(LockError::config(super::redis::eviction::reason(
+                &format!("cluster master {node}"),
+                &e,
+            )));
+        }
+    }
+    Ok(())
 }

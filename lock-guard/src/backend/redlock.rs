@@ -84,6 +84,17 @@ impl RedlockBackend {
         }
         let quorum = nodes.len() / 2 + 1;
         let pings = join_all(nodes.iter().map(RedisBackend::ping)).await;
+        for r in &pings {
+            if let Err(LockError::Backend {
+                source: BackendError::Redis(e),
+                ..
+            }) = r
+                && let Some(refused) = super::redis::eviction::as_config(e)
+            {
+                // A node that may evict locks is refused as one server would be.
+                return Err(refused);
+            }
+        }
         let up = pings.iter().filter(|r| r.is_ok()).count();
         for (node, r) in nodes.iter().zip(&pings) {
             if let Err(e) = r {

@@ -39,6 +39,8 @@ pub struct LockManagerBuilder {
     watchdog_lease: Duration,
     /// `WAIT` for this many replicas, at most this long, after each acquisition.
     replicas: Option<(u64, Duration)>,
+    /// Accept servers whose eviction policy can delete held locks.
+    allow_eviction: bool,
     #[cfg(feature = "tls")]
     root_cert: Option<Vec<u8>>,
 }
@@ -86,6 +88,7 @@ impl fmt::Debug for LockManagerBuilder {
             .field("command_timeout", &self.command_timeout)
             .field("watchdog_lease", &self.watchdog_lease)
             .field("wait_for_replicas", &self.replicas)
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -99,6 +102,7 @@ impl Default for LockManagerBuilder {
             command_timeout: Duration::from_secs(1),
             watchdog_lease: lease::DEFAULT_WATCHDOG_LEASE,
             replicas: None,
+            allow_eviction: false,
             #[cfg(feature = "tls")]
             root_cert: None,
         }
@@ -189,6 +193,21 @@ impl LockManagerBuilder {
     /// independent masters. Off by default.
     pub fn wait_for_replicas(mut self, replicas: u64, timeout: Duration) -> Self {
         self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// Accept a server whose `maxmemory-policy` can evict keys (any policy but `noeviction`, with
+    /// `maxmemory` set). Default `false`: such a server is refused when the manager is built
+    /// ([`LockError::Config`] naming the policy) and, after a reconnect, every command on it fails
+    /// with a [`LockError::Backend`] saying why, because every lock key carries a TTL and an
+    /// evicted lock is handed to a second holder while the first still runs (`volatile-ttl`
+    /// evicts the locks closest to their lease end first). The check reads `INFO memory` on every
+    /// new connection (on every master of a cluster when the manager is built, on every Redlock
+    /// node); a user without permission for `INFO` is not checked (a warning says so).
+    ///
+    /// Opt in only when the memory limit is never reached, or when losing a lock is acceptable.
+    pub fn allow_eviction(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
         self
     }
 
@@ -285,6 +304,7 @@ impl LockManagerBuilder {
             shown_url: redact_url(url),
             pool_size: self.pool_size,
             timeout: self.command_timeout,
+            allow_eviction: self.allow_eviction,
         })
     }
 
@@ -318,6 +338,7 @@ impl LockManagerBuilder {
             shown_urls: urls.iter().map(|u| redact_url(u)).collect(),
             timeout: self.command_timeout,
             replicas: self.replicas,
+            allow_eviction: self.allow_eviction,
         })
     }
 
@@ -337,6 +358,7 @@ impl LockManagerBuilder {
                         shown_url: redact_url(url),
                         pool_size: self.pool_size,
                         timeout: self.command_timeout,
+                        allow_eviction: self.allow_eviction,
                     },
                     &waiters,
                 )

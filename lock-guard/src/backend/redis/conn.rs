@@ -31,6 +31,9 @@ pub(super) struct Pooled {
 pub(super) struct Opener {
     client: Client,
     timeout: Duration,
+    /// `Some(the server as shown in errors)` when every new connection checks that the server
+    /// cannot evict locks (see [`eviction`](super::eviction)).
+    check_eviction: Option<String>,
 }
 
 impl managed::Manager for Opener {
@@ -45,6 +48,12 @@ impl managed::Manager for Opener {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        let mut conn = conn;
+        if let Some(server) = &self.check_eviction {
+            // At start and after every reconnect: a failover or a restart may bring a server
+            // configured otherwise.
+            super::eviction::check(&mut conn, server).await?;
+        }
         Ok(Pooled {
             conn,
             broken: false,
@@ -92,11 +101,20 @@ pub(super) struct Connections {
 }
 
 impl Connections {
-    pub(super) fn new(client: Client, size: usize, timeout: Duration) -> Result<Self, LockError> {
-        let pool = Pool::builder(Opener { client, timeout })
-            .max_size(size)
-            .build()
-            .map_err(|e| LockError::config(e.to_string()))?;
+    pub(super) fn new(
+        client: Client,
+        size: usize,
+        timeout: Duration,
+        check_eviction: Option<String>,
+    ) -> Result<Self, LockError> {
+        let pool = Pool::builder(Opener {
+            client,
+            timeout,
+            check_eviction,
+        })
+        .max_size(size)
+        .build()
+        .map_err(|e| LockError::config(e.to_string()))?;
         Ok(Connections {
             pool,
             slots: (0..size).map(|_| Slot::default()).collect(),

@@ -2,6 +2,7 @@
 //! (`conn.rs`), and one subscriber connection for release notifications (`subscriber.rs`).
 
 mod conn;
+pub(crate) mod eviction;
 mod node;
 mod replicas;
 pub(crate) mod scripts;
@@ -25,7 +26,7 @@ use self::scripts::{Lua, scripts};
 use self::subscriber::Requests;
 use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
 use crate::background;
-use crate::error::LockError;
+use crate::error::{BackendError, LockError};
 use crate::waiting::Waiters;
 
 /// How long a fencing counter lives after its last acquisition (plus the lease). After that the
@@ -40,6 +41,8 @@ pub(crate) struct RedisConfig {
     pub(crate) shown_url: String,
     pub(crate) pool_size: usize,
     pub(crate) timeout: Duration,
+    /// Accept a server whose `maxmemory-policy` can evict locks.
+    pub(crate) allow_eviction: bool,
 }
 
 pub(crate) struct RedisBackend {
@@ -59,6 +62,7 @@ impl RedisBackend {
             config.client.clone(),
             config.pool_size,
             config.timeout,
+            (!config.allow_eviction).then(|| config.shown_url.clone()),
         )?);
         let backend = RedisBackend {
             conns,
@@ -71,7 +75,14 @@ impl RedisBackend {
                 let mut conn = c.conn.clone();
                 async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
             })
-            .await?;
+            .await
+            .map_err(|e| match &e {
+                LockError::Backend {
+                    source: BackendError::Redis(r),
+                    ..
+                } => eviction::as_config(r).unwrap_or(e),
+                _ => e,
+            })?;
         waiters.set_subscriptions(Box::new(Requests::start(
             vec![config.client],
             waiters,

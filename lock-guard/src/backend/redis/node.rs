@@ -122,6 +122,7 @@ impl RedisBackend {
             config.client.clone(),
             config.pool_size,
             config.timeout,
+            (!config.allow_eviction).then(|| config.shown_url.clone()),
         )?);
         let backend = RedisBackend {
             conns,
