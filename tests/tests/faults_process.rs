@@ -10,6 +10,8 @@ use tokio::time::sleep;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_lock_worker");
 const LONG: Duration = Duration::from_secs(10);
+/// Scheduling allowance on a shared 2-core machine (RELIABILITY.md, assumptions).
+const EPSILON: Duration = Duration::from_millis(100);
 
 fn args(server: &RedisServer, store: &RedisServer, key: &str, extra: &[&str]) -> Vec<String> {
     let mut v = vec![
@@ -190,8 +192,9 @@ async fn killed_holder_is_replaced_by_the_lease_end() {
         next.finish(LONG).await;
     }
     eprintln!("SIGKILL takeover: worst ε {:.1} ms", worst as f64 / 1000.0);
+    // The promise (RELIABILITY.md): by the lease's end + the suite's scheduling allowance.
     assert!(
-        worst < 150_000,
-        "taken over only {worst} µs after the lease's end"
+        worst < EPSILON.as_micros() as i64,
+        "taken over only {worst} µs after the lease's end (allowance {EPSILON:?})"
     );
 }

@@ -63,7 +63,10 @@ async fn pause_all_during_acquire_never_starts_the_body() {
         );
         if wait.is_zero() {
             assert!(started.is_none(), "the body started under an expired grant");
-            assert!(result.is_err(), "the call returned {result:?}");
+            assert!(
+                matches!(result, Err(LockError::NotAcquired { .. })),
+                "the call returned {result:?}"
+            );
         } else {
             // Only a grant that came back in time, i.e. one sent after the pause, starts it.
             let started = started.expect("the body runs once the lock is taken again");
@@ -286,6 +289,14 @@ where
         report.errors.iter().take(3).collect::<Vec<_>>()
     );
     assert_eq!(report.overlaps, 0, "two bodies of one key ran at once");
+    // The faults are transparent to callers: reconnects, resubscribes and script reloads happen
+    // within the call.
+    assert!(
+        report.errors.is_empty(),
+        "{} calls failed, e.g. {:?}",
+        report.errors.len(),
+        report.errors.iter().take(3).collect::<Vec<_>>()
+    );
     assert!(report.completed > 50, "too little progress: {report:?}");
     assert!(
         report.worst_call <= wait + command_timeout + EPSILON,

@@ -295,7 +295,7 @@ async fn dead_redis_under_a_watchdog_lock_drops_the_body_by_the_lease_end() {
         .unwrap();
     let took = killed_at.elapsed();
     eprintln!("watchdog: dead redis -> {result:?} after {took:?}");
-    assert!(result.is_err(), "{result:?}");
+    assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
     // The last successful renewal (at most a lease ago) granted at most WATCHDOG_LEASE.
     assert!(
         took <= WATCHDOG_LEASE + Duration::from_millis(100),
@@ -352,7 +352,7 @@ async fn stalled_renewals_drop_the_body_by_the_last_confirmed_validity() {
     eprintln!(
         "watchdog under CLIENT PAUSE WRITE: body dropped {after:?} after the pause began: {result:?}"
     );
-    assert!(result.is_err(), "{result:?}");
+    assert!(matches!(result, Err(LockError::Lost { .. })), "{result:?}");
     assert!(
         after <= WATCHDOG_LEASE + Duration::from_millis(50),
         "the body ran {after:?} after the pause began; the last confirmed lease ended by {WATCHDOG_LEASE:?}"
