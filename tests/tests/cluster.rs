@@ -314,6 +314,21 @@ async fn failover_under_load_keeps_exclusion_and_tokens() {
         errors.iter().take(3).collect::<Vec<_>>()
     );
     assert!(bodies > 100, "only {bodies} bodies ran");
+    lock_guard_tests::faults::Figures::new(
+        "cluster::failover_under_load_keeps_exclusion_and_tokens",
+        "Cluster: `CLUSTER FAILOVER` of a busy master and back, under load from two managers, while a body of every key spans each failover",
+        "no two holders of a key; tokens never go backwards; errors only while the slots move (S12, S16)",
+    )
+    .count("bodies", bodies as u64)
+    .count("errors", errors.len() as u64)
+    .ms("first_failover_ms", first)
+    .measured(&format!(
+        "{bodies} bodies, {} overlaps, {} errors; a failover took {}",
+        ledger.overlaps.load(SeqCst),
+        errors.len(),
+        lock_guard_tests::faults::ms(first)
+    ))
+    .print();
     // Errors only once the slots started to move, and only of the backend (the move itself) or a
     // wait that ran out behind the bodies spanning a failover.
     for (at, e) in &errors {
@@ -413,6 +428,18 @@ async fn lossy_failover_not_replicated_and_tokens_still_rise() {
         "token {} after {last}: went backwards across the lossy failover",
         g.fencing_token()
     );
+    lock_guard_tests::faults::Figures::new(
+        "cluster::lossy_failover_not_replicated_and_tokens_still_rise",
+        "Cluster: the replica cut off (`SIGSTOP`), the master killed, the stale replica takes over",
+        "with `wait_for_replicas` acquisitions fail `NotReplicated` and leave nothing; tokens still rise across the lossy failover (S11, S12)",
+    )
+    .count("last_before", last)
+    .count("first_after", g.fencing_token())
+    .measured(&format!(
+        "`NotReplicated` (0 of 1 acknowledged), nothing held; last token before {last}, first after {}",
+        g.fencing_token()
+    ))
+    .print();
     g.release().await.unwrap();
 }
 
@@ -492,6 +519,21 @@ async fn master_killed_under_load_with_acknowledged_locks() {
         errors.iter().take(3).collect::<Vec<_>>()
     );
     assert!(bodies > 100, "only {bodies} bodies ran");
+    lock_guard_tests::faults::Figures::new(
+        "cluster::master_killed_under_load_with_acknowledged_locks",
+        "Cluster: `kill -9` of a busy master under load, `wait_for_replicas(1, …)`, a body of every key spanning the kill and the failover",
+        "no two bodies of a key overlap, tokens never go backwards; calls fail in bounded time while the slots move (S12, S16)",
+    )
+    .count("bodies", bodies as u64)
+    .count("errors", errors.len() as u64)
+    .ms("failover_ms", failed_over)
+    .measured(&format!(
+        "failover took {}; {bodies} bodies, {} overlaps, {} failed calls",
+        lock_guard_tests::faults::ms(failed_over),
+        ledger.overlaps.load(SeqCst),
+        errors.len()
+    ))
+    .print();
     // The promoted master has no replica left: acknowledged locks on its slots now fail clearly…
     // (asked through a fresh manager: the loaded ones' connections may still be held up by the
     // backlog of WAITs their timed-out tries left on them, each holding its connection for up to

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use lock_guard::{LockKey, LockOptions};
+use lock_guard_tests::faults::Figures;
 use lock_guard_tests::{Fenced, FencedStore, RedisServer, Worker, field};
 use tokio::time::sleep;
 
@@ -88,6 +89,13 @@ async fn frozen_holder_does_not_write_after_its_deadline() {
         1,
         "only the new holder's write"
     );
+    Figures::new(
+        "faults_process::frozen_holder_does_not_write_after_its_deadline",
+        "holder frozen (`SIGSTOP`) past its lease, then `SIGCONT`",
+        "the body is never polled after its deadline: it does not make the write it was about to make (S7)",
+    )
+    .measured("no `WRITING`; the call returned `Deadline`")
+    .print();
 }
 
 /// The same freeze for a holder that took a guard (`lock`): nothing bounds its work by the lease,
@@ -136,6 +144,13 @@ async fn frozen_guard_holder_write_is_fenced_out() {
         vec![newer]
     );
     assert_eq!(store.rejected(key).await, vec![("write".to_owned(), stale)]);
+    Figures::new(
+        "faults_process::frozen_guard_holder_write_is_fenced_out",
+        "same, holder using a bare guard (`lock`)",
+        "a lease alone cannot stop it; the fenced store rejects its late write (S11)",
+    )
+    .measured("late write `REJECTED` by the newer token; `release` returned `false`")
+    .print();
 }
 
 /// A holder killed with SIGKILL (lease 1 s): another process, already waiting, holds the key by
@@ -197,4 +212,16 @@ async fn killed_holder_is_replaced_by_the_lease_end() {
         worst < EPSILON.as_micros() as i64,
         "taken over only {worst} µs after the lease's end (allowance {EPSILON:?})"
     );
+    let worst = Duration::from_micros(worst.max(0) as u64);
+    Figures::new(
+        "faults_process::killed_holder_is_replaced_by_the_lease_end",
+        "holder killed (`SIGKILL`), lease 1 s",
+        "another process holds the key by the lease's end + ε, ε = 100 ms (the suite's scheduling allowance) (S8)",
+    )
+    .ms("worst_epsilon_ms", worst)
+    .measured(&format!(
+        "worst ε {} over 3 rounds",
+        lock_guard_tests::faults::ms(worst)
+    ))
+    .print();
 }

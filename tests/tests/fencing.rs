@@ -113,6 +113,19 @@ async fn tokens_increase_across_a_restart_that_loses_the_counter() {
         after[0]
     );
     assert_strictly_increasing(&after);
+    lock_guard_tests::faults::Figures::new(
+        "fencing::tokens_increase_across_a_restart_that_loses_the_counter",
+        "Redis killed and restarted empty (the counter lost), 150 tokens before and after",
+        "the next token exceeds every token issued (S11)",
+    )
+    .count("highest_before", highest)
+    .count("first_after", after[0])
+    .measured(&format!(
+        "last token before {highest}, first after {} (+{})",
+        after[0],
+        after[0] - highest
+    ))
+    .print();
 }
 
 /// Redis restarts from an older RDB snapshot (`SAVE` after the 5th of 25 acquisitions, then
@@ -152,6 +165,19 @@ async fn tokens_increase_across_a_restart_from_an_older_snapshot() {
         after[0]
     );
     assert_strictly_increasing(&after);
+    lock_guard_tests::faults::Figures::new(
+        "fencing::tokens_increase_across_a_restart_from_an_older_snapshot",
+        "Redis restarted from an older RDB (25 acquisitions, `SAVE` after the 5th, kill -9)",
+        "the next token exceeds every token issued (S11)",
+    )
+    .count("highest_issued", highest)
+    .count("stale_counter", stored)
+    .count("next", after[0])
+    .measured(&format!(
+        "highest issued {highest}, stale counter {stored}, next {}",
+        after[0]
+    ))
+    .print();
 }
 
 /// The counter key has a TTL, so a key locked once does not cost Redis memory forever — and it is

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use lock_guard_tests::faults::{PauseMode, pause};
+use lock_guard_tests::faults::{Figures, PauseMode, pause};
 use lock_guard_tests::{
     FencedStore, Outage, RedisServer, Worker, check_history, field, unix_micros,
 };
@@ -256,6 +256,53 @@ async fn run(duration: Duration, broken: bool) -> Outcome {
     out
 }
 
+/// The run's figures for RELIABILITY.md.
+fn figures(test: &str, duration: Duration, out: &Outcome) {
+    let f = &out.faults;
+    Figures::new(
+        test,
+        &format!(
+            "Jepsen-style run, {} s: freezes, kills, `CLIENT PAUSE`, empty restarts, bare-guard holders frozen past their lease",
+            duration.as_secs()
+        ),
+        "no two valid sections of a key overlap; their tokens rise; none fenced out; every overtaken frozen holder's late write fenced out (S7, S11, S14)",
+    )
+    .count("seconds", duration.as_secs())
+    .count("freezes", u64::from(f[0]))
+    .count("kills", u64::from(f[1]))
+    .count("pauses_all", u64::from(f[2]))
+    .count("pauses_write", u64::from(f[3]))
+    .count("restarts", u64::from(f[4]))
+    .count("guard_freezes", u64::from(f[5]))
+    .count("sections", out.sections as u64)
+    .count("valid", out.valid as u64)
+    .count("fenced", out.fenced as u64)
+    .count("frozen_past_lease", out.frozen_past_lease as u64)
+    .count("frozen_fenced", out.frozen_fenced as u64)
+    .count("lost_to_restarts", out.lost_to_restarts.len() as u64)
+    .count("violations", out.violations.len() as u64)
+    .count("failed_calls", out.errors)
+    .measured(&format!(
+        "{} freezes, {} kills, {} `CLIENT PAUSE ALL`, {} `CLIENT PAUSE WRITE`, {} restarts, {} bare-guard freezes; \
+         {} sections, {} confirmed valid, {} with a write fenced out; frozen past the lease: {}, fenced out: {}; \
+         findings explained by an empty restart: {}; **{} violations**",
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+        out.sections,
+        out.valid,
+        out.fenced,
+        out.frozen_past_lease,
+        out.frozen_fenced,
+        out.lost_to_restarts.len(),
+        out.violations.len()
+    ))
+    .print();
+}
+
 /// The assertions of a run of the real library.
 fn assert_safe(out: &Outcome, duration: Duration) {
     assert!(
@@ -289,7 +336,9 @@ async fn jepsen_short() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let duration = Duration::from_secs(secs);
-    assert_safe(&run(duration, false).await, duration);
+    let out = run(duration, false).await;
+    assert_safe(&out, duration);
+    figures("jepsen::jepsen_short", duration, &out);
 }
 
 /// The minute-long run; its last figures are in RELIABILITY.md.
@@ -297,7 +346,9 @@ async fn jepsen_short() {
 #[ignore = "a minute long: cargo test -p lock-guard-tests --test jepsen -- --ignored --nocapture"]
 async fn jepsen_minute() {
     let duration = Duration::from_secs(60);
-    assert_safe(&run(duration, false).await, duration);
+    let out = run(duration, false).await;
+    assert_safe(&out, duration);
+    figures("jepsen::jepsen_minute", duration, &out);
 }
 
 /// The checker can fail: with a "lock" that grants everyone (every task locks a key of its own,
@@ -311,6 +362,19 @@ async fn checker_catches_a_lock_that_grants_everyone() {
         "the checker let a lock that grants everyone pass ({} valid sections)",
         out.valid
     );
+    Figures::new(
+        "jepsen::checker_catches_a_lock_that_grants_everyone",
+        "Jepsen-style run, 3 s, with a test-only \"lock\" that grants everyone",
+        "the checker fails it",
+    )
+    .count("valid", out.valid as u64)
+    .count("violations", out.violations.len() as u64)
+    .measured(&format!(
+        "{} valid sections, {} violations reported",
+        out.valid,
+        out.violations.len()
+    ))
+    .print();
 }
 
 /// The checker itself finds overlapping valid sections, tokens that do not rise, valid sections

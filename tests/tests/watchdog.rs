@@ -357,4 +357,15 @@ async fn stalled_renewals_drop_the_body_by_the_last_confirmed_validity() {
         after <= WATCHDOG_LEASE + Duration::from_millis(50),
         "the body ran {after:?} after the pause began; the last confirmed lease ended by {WATCHDOG_LEASE:?}"
     );
+    lock_guard_tests::faults::Figures::new(
+        "watchdog::stalled_renewals_drop_the_body_by_the_last_confirmed_validity",
+        "`CLIENT PAUSE 2000 WRITE` at 250 ms of a watchdog body (lease 600 ms, command timeout 1 s)",
+        "body dropped by the last validity Redis confirmed (≤ 600 ms after the pause began) (S7, S10)",
+    )
+    .ms("dropped_after_pause_ms", after)
+    .measured(&format!(
+        "dropped {} after the pause began (`Lost`)",
+        lock_guard_tests::faults::ms(after)
+    ))
+    .print();
 }
