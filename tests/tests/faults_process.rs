@@ -146,7 +146,7 @@ async fn frozen_guard_holder_write_is_fenced_out() {
     assert_eq!(store.rejected(key).await, vec![("write".to_owned(), stale)]);
     Figures::new(
         "faults_process::frozen_guard_holder_write_is_fenced_out",
-        "same, holder using a bare guard (`lock`)",
+        "holder using a bare guard (`lock`) frozen (`SIGSTOP`) past its lease, then `SIGCONT`",
         "a lease alone cannot stop it; the fenced store rejects its late write (S11)",
     )
     .measured("late write `REJECTED` by the newer token; `release` returned `false`")

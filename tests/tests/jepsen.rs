@@ -367,7 +367,10 @@ async fn checker_catches_a_lock_that_grants_everyone() {
         "Jepsen-style run, 3 s, with a test-only \"lock\" that grants everyone",
         "the checker fails it",
     )
+    .count("seconds", 3)
+    .count("sections", out.sections as u64)
     .count("valid", out.valid as u64)
+    .count("fenced", out.fenced as u64)
     .count("violations", out.violations.len() as u64)
     .measured(&format!(
         "{} valid sections, {} violations reported",
