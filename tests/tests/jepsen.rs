@@ -356,7 +356,8 @@ async fn jepsen_minute() {
 /// violations — sections confirmed valid that overlap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checker_catches_a_lock_that_grants_everyone() {
-    let out = run(Duration::from_secs(3), true).await;
+    let duration = Duration::from_secs(3);
+    let out = run(duration, true).await;
     assert!(
         !out.violations.is_empty(),
         "the checker let a lock that grants everyone pass ({} valid sections)",
@@ -367,7 +368,7 @@ async fn checker_catches_a_lock_that_grants_everyone() {
         "Jepsen-style run, 3 s, with a test-only \"lock\" that grants everyone",
         "the checker fails it",
     )
-    .count("seconds", 3)
+    .count("seconds", duration.as_secs())
     .count("sections", out.sections as u64)
     .count("valid", out.valid as u64)
     .count("fenced", out.fenced as u64)
