@@ -79,10 +79,16 @@ fn token() -> u64 {
 }
 
 /// Runs `during` (a failover) while a body of every key runs through `locks`: the bodies start
-/// before it and end after it, so a lock the failover lost is taken by a contender while its
-/// holder still runs — an overlap the ledger reports. Each body must end `Ok`: the library held
-/// its lock throughout.
-async fn spanning<F: Future>(locks: &LockManager, ledger: &Arc<Ledger>, during: F) -> F::Output {
+/// before it and end after it, and `probe` tries every key (`wait = 0`) every 20 ms meanwhile
+/// (waiters sleep until a release, so only fresh tries would notice a lock gone), so a lock the
+/// failover lost is taken by the probe while its holder still runs — an overlap the ledger
+/// reports. Each body must end `Ok`: the library held its lock throughout.
+async fn spanning<F: Future>(
+    locks: &LockManager,
+    probe: &LockManager,
+    ledger: &Arc<Ledger>,
+    during: F,
+) -> F::Output {
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
     let (end_tx, end) = tokio::sync::watch::channel(false);
     let mut holders = JoinSet::new();
@@ -114,8 +120,26 @@ async fn spanning<F: Future>(locks: &LockManager, ledger: &Arc<Ledger>, during: 
             .await
             .expect("every key taken before the failover");
     }
+    let prober = tokio::spawn({
+        let (probe, ledger, end) = (probe.clone(), ledger.clone(), end.clone());
+        async move {
+            while !*end.borrow() {
+                for k in 0..KEYS {
+                    // NotAcquired is the answer expected; backend errors while the slots move.
+                    let _ = probe
+                        .run(&key(k), LockOptions::new().wait(Duration::ZERO), async {
+                            ledger.body(k, token()).await;
+                            Ok::<_, LockError>(())
+                        })
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
     let out = during.await;
     end_tx.send(true).unwrap();
+    prober.await.unwrap();
     while let Some(r) = holders.join_next().await {
         r.unwrap()
             .expect("a body spanning the failover kept its lock");
@@ -296,10 +320,22 @@ async fn failover_under_load_keeps_exclusion_and_tokens() {
     let replica = cluster.replica_of(master).await;
     // Each failover runs while a body of every key spans it.
     let moving = Instant::now();
-    spanning(&managers[0], &ledger, cluster.failover(replica)).await;
+    spanning(
+        &managers[0],
+        &managers[1],
+        &ledger,
+        cluster.failover(replica),
+    )
+    .await;
     let first = moving.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    spanning(&managers[1], &ledger, cluster.failover(master)).await;
+    spanning(
+        &managers[1],
+        &managers[0],
+        &ledger,
+        cluster.failover(master),
+    )
+    .await;
     eprintln!("failover under load: the first failover took {first:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, SeqCst);
@@ -499,7 +535,7 @@ async fn master_killed_under_load_with_acknowledged_locks() {
     let master = cluster.master_of(slot).await.port();
     let killed_at = Instant::now();
     // The kill and the failover run while a body of every key spans them.
-    spanning(&managers[0], &ledger, async {
+    spanning(&managers[0], &managers[1], &ledger, async {
         cluster.kill(master);
         // The replica is promoted once the others agree the master failed (node timeout 1 s).
         cluster.settle().await;
