@@ -30,6 +30,6 @@ pub use load::{LoadReport, all_free, load};
 pub use logs::LogCapture;
 pub use proxy::{Direction, Proxy};
 pub use server::{ACL_PASSWORD, ACL_USER, RedisServer, ServerOptions};
-pub use store::{CheckReport, Fenced, FencedStore, Section, check};
+pub use store::{CheckReport, Fenced, FencedStore, Outage, Record, Section, check_history};
 pub use wait::eventually;
 pub use worker::{Worker, field, signal_pid, unix_micros};

@@ -3,7 +3,7 @@
 //! body or fail.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use lock_guard::{LockError, LockKey, LockManager, LockOptions};
@@ -15,8 +15,8 @@ use tokio::time::Instant;
 pub struct LoadReport {
     /// Bodies that ran to their end.
     pub completed: u64,
-    /// Calls that failed, with their errors.
-    pub errors: Vec<String>,
+    /// The errors of the calls that failed.
+    pub errors: Vec<LockError>,
     /// Times a body started while another body of the same key was running (must be 0).
     pub overlaps: u64,
     /// The longest a call took to start its body or to fail.
@@ -34,7 +34,8 @@ pub async fn load(
     options: LockOptions,
     body: Duration,
 ) -> LoadReport {
-    let busy: Arc<Vec<AtomicBool>> = Arc::new((0..keys).map(|_| AtomicBool::new(false)).collect());
+    // Per key, how many bodies are inside it right now.
+    let inside: Arc<Vec<AtomicU32>> = Arc::new((0..keys).map(|_| AtomicU32::new(0)).collect());
     let overlaps = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     let report = Arc::new(Mutex::new(LoadReport::default()));
@@ -42,8 +43,8 @@ pub async fn load(
     let mut set = tokio::task::JoinSet::new();
     for t in 0..tasks {
         let locks = managers[t % managers.len()].clone();
-        let (busy, overlaps, completed, report) = (
-            busy.clone(),
+        let (inside, overlaps, completed, report) = (
+            inside.clone(),
             overlaps.clone(),
             completed.clone(),
             report.clone(),
@@ -61,11 +62,10 @@ pub async fn load(
                 let result = locks
                     .run(&key, options, async {
                         *started.lock().unwrap() = Some(start.elapsed());
-                        if busy[k].swap(true, SeqCst) {
-                            overlaps.fetch_add(1, SeqCst);
-                        }
+                        // Leaves when the body ends or is dropped (at its deadline): before the
+                        // release, never after it.
+                        let _inside = Inside::enter(&inside[k], &overlaps);
                         tokio::time::sleep(body).await;
-                        busy[k].store(false, SeqCst);
                         Ok::<_, LockError>(())
                     })
                     .await;
@@ -76,11 +76,7 @@ pub async fn load(
                     Ok(()) => {
                         completed.fetch_add(1, SeqCst);
                     }
-                    Err(e) => {
-                        // A body dropped at its deadline leaves its flag set: clear it.
-                        busy[k].store(false, SeqCst);
-                        r.errors.push(e.to_string());
-                    }
+                    Err(e) => r.errors.push(e),
                 }
             }
         });
@@ -92,6 +88,25 @@ pub async fn load(
     report.completed = completed.load(SeqCst);
     report.overlaps = overlaps.load(SeqCst);
     report
+}
+
+/// A body inside its key: counts an overlap when another body already was, and leaves when
+/// dropped.
+struct Inside<'a>(&'a AtomicU32);
+
+impl<'a> Inside<'a> {
+    fn enter(inside: &'a AtomicU32, overlaps: &AtomicU64) -> Self {
+        if inside.fetch_add(1, SeqCst) > 0 {
+            overlaps.fetch_add(1, SeqCst);
+        }
+        Inside(inside)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 /// Whether every one of the `keys` keys of `name` can be taken at once (`wait = 0`) by

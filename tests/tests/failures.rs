@@ -267,6 +267,19 @@ async fn waiter_on_a_dying_redis_ends_in_time() {
         waiter.lock(&key, LockOptions::new()),
     )
     .await;
+    lock_guard_tests::faults::Figures::new(
+        "failures::waiter_on_a_dying_redis_ends_in_time",
+        "a waiter whose Redis dies",
+        "ends by wait + one command timeout + 100 ms (S15)",
+    )
+    .ms("ended_after_ms", took)
+    .measured(&format!(
+        "ended after {} (wait {}, command timeout {})",
+        lock_guard_tests::faults::ms(took),
+        lock_guard_tests::faults::ms(wait),
+        lock_guard_tests::faults::ms(COMMAND_TIMEOUT)
+    ))
+    .print();
 }
 
 /// Nothing listens on the port: `Backend` from the builder, quickly. A URL that cannot work is a

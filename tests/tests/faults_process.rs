@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use lock_guard::{LockKey, LockOptions};
+use lock_guard_tests::faults::Figures;
 use lock_guard_tests::{Fenced, FencedStore, RedisServer, Worker, field};
 use tokio::time::sleep;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_lock_worker");
 const LONG: Duration = Duration::from_secs(10);
+/// Scheduling allowance on a shared 2-core machine (RELIABILITY.md, assumptions).
+const EPSILON: Duration = Duration::from_millis(100);
 
 fn args(server: &RedisServer, store: &RedisServer, key: &str, extra: &[&str]) -> Vec<String> {
     let mut v = vec![
@@ -86,6 +89,13 @@ async fn frozen_holder_does_not_write_after_its_deadline() {
         1,
         "only the new holder's write"
     );
+    Figures::new(
+        "faults_process::frozen_holder_does_not_write_after_its_deadline",
+        "holder frozen (`SIGSTOP`) past its lease, then `SIGCONT`",
+        "the body is never polled after its deadline: it does not make the write it was about to make (S7)",
+    )
+    .measured("no `WRITING`; the call returned `Deadline`")
+    .print();
 }
 
 /// The same freeze for a holder that took a guard (`lock`): nothing bounds its work by the lease,
@@ -134,6 +144,13 @@ async fn frozen_guard_holder_write_is_fenced_out() {
         vec![newer]
     );
     assert_eq!(store.rejected(key).await, vec![("write".to_owned(), stale)]);
+    Figures::new(
+        "faults_process::frozen_guard_holder_write_is_fenced_out",
+        "holder using a bare guard (`lock`) frozen (`SIGSTOP`) past its lease, then `SIGCONT`",
+        "a lease alone cannot stop it; the fenced store rejects its late write (S11)",
+    )
+    .measured("late write `REJECTED` by the newer token; `release` returned `false`")
+    .print();
 }
 
 /// A holder killed with SIGKILL (lease 1 s): another process, already waiting, holds the key by
@@ -190,8 +207,21 @@ async fn killed_holder_is_replaced_by_the_lease_end() {
         next.finish(LONG).await;
     }
     eprintln!("SIGKILL takeover: worst ε {:.1} ms", worst as f64 / 1000.0);
+    // The promise (RELIABILITY.md): by the lease's end + the suite's scheduling allowance.
     assert!(
-        worst < 150_000,
-        "taken over only {worst} µs after the lease's end"
+        worst < EPSILON.as_micros() as i64,
+        "taken over only {worst} µs after the lease's end (allowance {EPSILON:?})"
     );
+    let worst = Duration::from_micros(worst.max(0) as u64);
+    Figures::new(
+        "faults_process::killed_holder_is_replaced_by_the_lease_end",
+        "holder killed (`SIGKILL`), lease 1 s",
+        "another process holds the key by the lease's end + ε, ε = 100 ms (the suite's scheduling allowance) (S8)",
+    )
+    .ms("worst_epsilon_ms", worst)
+    .measured(&format!(
+        "worst ε {} over 3 rounds",
+        lock_guard_tests::faults::ms(worst)
+    ))
+    .print();
 }

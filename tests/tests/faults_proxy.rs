@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use lock_guard::{LockError, LockKey, LockManager, LockOptions};
+use lock_guard_tests::faults::{Figures, ms};
 use lock_guard_tests::{Direction, Proxy, RedisServer, all_free, eventually, load};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -61,6 +62,7 @@ async fn latency_under_contention() {
     .await;
     eprintln!("latency 40 ms each way: {report:?}");
     assert_eq!(report.overlaps, 0);
+    assert!(report.errors.is_empty(), "calls failed: {report:?}");
     assert!(report.completed > 10, "{report:?}");
     assert!(
         report.worst_call <= wait + COMMAND_TIMEOUT + EPSILON,
@@ -71,6 +73,23 @@ async fn latency_under_contention() {
         all_free(&direct, "latency", 3)
     })
     .await;
+    Figures::new(
+        "faults_proxy::latency_under_contention",
+        "proxy: 40 ms latency each way",
+        "exclusion, no call fails, calls bounded by wait + command timeout",
+    )
+    .count("bodies", report.completed)
+    .count("overlaps", report.overlaps)
+    .count("errors", report.errors.len() as u64)
+    .ms("worst_call_ms", report.worst_call)
+    .measured(&format!(
+        "{} bodies, {} overlaps, {} errors, worst call {} (wait 2 s)",
+        report.completed,
+        report.overlaps,
+        report.errors.len(),
+        ms(report.worst_call)
+    ))
+    .print();
 }
 
 /// One direction stalled while a call acquires (lease 10 s, wait 0 and 500 ms): the call fails
@@ -104,7 +123,10 @@ async fn stalled_direction_never_strands_the_lock() {
             .expect("the call hung");
             let took = start.elapsed();
             worst_overrun = worst_overrun.max(took.saturating_sub(wait));
-            assert!(result.is_err(), "{direction:?} stalled, yet {result:?}");
+            assert!(
+                matches!(&result, Err(e) if e.is_timeout()),
+                "{direction:?} stalled: a command timeout expected, got {result:?}"
+            );
             assert!(
                 took <= wait + COMMAND_TIMEOUT + EPSILON,
                 "{direction:?} stalled: failed after {took:?} (wait {wait:?})"
@@ -122,6 +144,20 @@ async fn stalled_direction_never_strands_the_lock() {
     eprintln!(
         "stalls: worst overrun past wait {worst_overrun:?}, worst takeover {worst_takeover:?}"
     );
+    Figures::new(
+        "faults_proxy::stalled_direction_never_strands_the_lock",
+        "proxy: requests or replies stalled past the command timeout",
+        "call fails (command timeout) within wait + one command timeout; the request/reply arriving later never strands the lock (S14, S15)",
+    )
+    .ms("worst_overrun_ms", worst_overrun)
+    .ms("worst_takeover_ms", worst_takeover)
+    .measured(&format!(
+        "worst overrun past `wait` {} (command timeout {}), worst takeover {}",
+        ms(worst_overrun),
+        ms(COMMAND_TIMEOUT),
+        ms(worst_takeover)
+    ))
+    .print();
 }
 
 /// Replies held, then every connection cut mid-command (the acquire reached Redis, its reply is
@@ -132,6 +168,7 @@ async fn connections_cut_mid_command_never_strand_the_lock() {
     let server = RedisServer::start();
     let proxy = Proxy::start(server.port());
     let (locks, direct) = (through(&proxy).await, server.manager().await);
+    let (mut worst, mut acquired) = (Duration::ZERO, 0u64);
     for round in 0..4 {
         let key = LockKey::new("cut").part(round);
         let wait = Duration::from_millis(if round % 2 == 0 { 0 } else { 500 });
@@ -153,6 +190,8 @@ async fn connections_cut_mid_command_never_strand_the_lock() {
             .expect("the call hung")
             .unwrap();
         let took = start.elapsed();
+        worst = worst.max(took);
+        acquired += u64::from(result.is_ok());
         eprintln!(
             "cut round {round}: {:?} after {took:?}",
             result.as_ref().map(|g| g.fencing_token())
@@ -166,7 +205,10 @@ async fn connections_cut_mid_command_never_strand_the_lock() {
                 let probe = direct
                     .lock(&key, LockOptions::new().wait(Duration::ZERO))
                     .await;
-                assert!(probe.is_err(), "two holders: {probe:?}");
+                assert!(
+                    matches!(probe, Err(LockError::NotAcquired { .. })),
+                    "two holders: {probe:?}"
+                );
                 guard.release().await.unwrap();
             }
             Err(_) => {
@@ -178,6 +220,18 @@ async fn connections_cut_mid_command_never_strand_the_lock() {
             }
         }
     }
+    Figures::new(
+        "faults_proxy::connections_cut_mid_command_never_strand_the_lock",
+        "proxy: connections cut mid-command",
+        "no lock held by nobody, no two holders, bounded (S14)",
+    )
+    .count("acquired", acquired)
+    .ms("worst_call_ms", worst)
+    .measured(&format!(
+        "{acquired} of 4 rounds acquired through the retry, the others freed; worst call {}",
+        ms(worst)
+    ))
+    .print();
 }
 
 /// A release cancelled in flight — the `guard.release()` future, or the whole guarded call, is
@@ -194,6 +248,7 @@ async fn release_cancelled_in_flight_still_completes() {
         .await
         .unwrap();
     let direct = server.manager().await;
+    let mut worst_free = Duration::ZERO;
     for round in 0..4 {
         let key = LockKey::new("cancelled-release").part(round);
         let options = LockOptions::new()
@@ -232,11 +287,23 @@ async fn release_cancelled_in_flight_still_completes() {
         eprintln!(
             "cancelled release round {round}: lock free {takeover:?} after Redis could answer"
         );
+        worst_free = worst_free.max(takeover);
         assert!(
             takeover < Duration::from_secs(1),
             "the cancelled release never happened: free only after {takeover:?}"
         );
     }
+    Figures::new(
+        "faults_proxy::release_cancelled_in_flight_still_completes",
+        "release cancelled in flight (guard's `release()` or the guarded call dropped while the proxy stalls requests)",
+        "the release still completes once Redis answers (S14)",
+    )
+    .ms("worst_free_after_ms", worst_free)
+    .measured(&format!(
+        "free at most {} after Redis could answer (4 rounds)",
+        ms(worst_free)
+    ))
+    .print();
 }
 
 /// A manager built on one runtime, that runtime dropped, then used from another: each call works
@@ -298,7 +365,11 @@ fn manager_outlives_the_runtime_that_built_it() {
                 "runtime gone, waiting: {:?} after {took:?}",
                 result.as_ref().err()
             );
-            assert!(result.is_err());
+            assert!(
+                matches!(result, Err(LockError::NotAcquired { .. })),
+                "held elsewhere: {:?}",
+                result.as_ref().map(|g| g.fencing_token())
+            );
             assert!(took <= wait + COMMAND_TIMEOUT + EPSILON, "took {took:?}");
             held.release().await.unwrap();
         }
@@ -316,11 +387,27 @@ fn manager_outlives_the_runtime_that_built_it() {
             "runtime gone, paused redis: {:?} after {took:?}",
             result.as_ref().err()
         );
-        assert!(result.is_err(), "a paused Redis cannot grant a lock");
+        assert!(
+            matches!(&result, Err(e) if e.is_timeout()),
+            "a paused Redis cannot grant a lock: a command timeout expected, got {:?}",
+            result.as_ref().map(|g| g.fencing_token())
+        );
         assert!(
             took <= COMMAND_TIMEOUT + EPSILON,
             "not bounded by the command timeout: {took:?}"
         );
+        Figures::new(
+            "faults_proxy::manager_outlives_the_runtime_that_built_it",
+            "manager built on a runtime that is then dropped",
+            "works or fails clearly within a command timeout, never hangs (S14)",
+        )
+        .ms("paused_redis_timeout_after_ms", took)
+        .measured(&format!(
+            "paused Redis → command timeout after {} (command timeout {})",
+            ms(took),
+            ms(COMMAND_TIMEOUT)
+        ))
+        .print();
     });
 }
 
@@ -341,6 +428,7 @@ fn release_notifications_survive_the_runtime_that_built_the_manager() {
         .unwrap();
     second.block_on(async {
         let holder = server.manager().await;
+        let mut worst = Duration::ZERO;
         for round in 0..3 {
             let key = LockKey::new("runtime").part(round);
             let held = holder
@@ -374,7 +462,19 @@ fn release_notifications_survive_the_runtime_that_built_the_manager() {
                 took < Duration::from_millis(200),
                 "woken only after {took:?}, not by the release"
             );
+            worst = worst.max(took);
         }
+        Figures::new(
+            "faults_proxy::release_notifications_survive_the_runtime_that_built_the_manager",
+            "manager built on a runtime that is then dropped; a waiter on another runtime",
+            "woken by the release, not by the lease end (S8, S14)",
+        )
+        .ms("worst_woken_after_ms", worst)
+        .measured(&format!(
+            "woken at most {} after the release (3 rounds)",
+            ms(worst)
+        ))
+        .print();
     });
 }
 
@@ -408,6 +508,7 @@ async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
             .await
             .unwrap();
     }
+    let mut worst_free = Duration::ZERO;
     for round in 0..6u32 {
         let wait = Duration::from_millis(if round % 2 == 0 { 0 } else { 500 });
         let key = LockKey::new("abandoned").part(round);
@@ -428,8 +529,8 @@ async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
             "the acquisition was not held"
         );
         assert!(
-            result.is_err(),
-            "acquired through a held request: {result:?}"
+            matches!(&result, Err(e) if e.is_timeout()),
+            "acquired through a held request, or not a command timeout: {result:?}"
         );
         assert!(
             took <= wait + COMMAND_TIMEOUT + EPSILON,
@@ -449,7 +550,19 @@ async fn abandoned_acquisition_is_not_overtaken_by_its_cleanup() {
             "the cleanup overtook the acquisition: the lock was held by nobody for {takeover:?} \
              (lease {LEASE:?})"
         );
+        worst_free = worst_free.max(takeover);
     }
+    Figures::new(
+        "faults_proxy::abandoned_acquisition_is_not_overtaken_by_its_cleanup",
+        "proxy: the acquisition's request held on its own connection (trap on `EVALSHA`; `pool_size(2)`) until the call timed out, then 100 ms or 1 s more",
+        "the cleanup release never overtakes it: the lock is free as soon as the request arrives, not at the lease end (10 s) (S14)",
+    )
+    .ms("worst_free_after_ms", worst_free)
+    .measured(&format!(
+        "free at most {} after the request could arrive (6 rounds, wait 0 and 500 ms)",
+        ms(worst_free)
+    ))
+    .print();
 }
 
 /// The wait never overruns by more than one command timeout: a waiter (wait 100 ms) whose
@@ -502,7 +615,10 @@ async fn unconfirmed_subscription_does_not_double_the_wait_overrun() {
             "unconfirmed subscription round {round}: {:?} after {took:?}",
             result.as_ref().err()
         );
-        assert!(result.is_err(), "acquired a held lock: {result:?}");
+        assert!(
+            matches!(&result, Err(LockError::NotAcquired { .. })),
+            "acquired a held lock: {result:?}"
+        );
         assert!(
             took <= wait + command_timeout + EPSILON,
             "returned after {took:?}: more than wait {wait:?} + one command timeout \
@@ -513,4 +629,12 @@ async fn unconfirmed_subscription_does_not_double_the_wait_overrun() {
         held.release().await.unwrap();
     }
     eprintln!("unconfirmed subscription: worst overrun past wait {worst:?}");
+    Figures::new(
+        "faults_proxy::unconfirmed_subscription_does_not_double_the_wait_overrun",
+        "proxy: the subscriber's confirmation held (trap on `SUBSCRIBE`), then every request stalled; wait 100 ms, command timeout 500 ms",
+        "the call ends (`NotAcquired`) within wait + one command timeout (S15)",
+    )
+    .ms("worst_overrun_ms", worst)
+    .measured(&format!("worst overrun past `wait` {} (3 rounds)", ms(worst)))
+    .print();
 }

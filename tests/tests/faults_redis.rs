@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use lock_guard::{LockError, LockKey, LockManager, LockOptions};
-use lock_guard_tests::faults::{PauseMode, kill_command_clients, pause};
+use lock_guard_tests::faults::{Figures, PauseMode, kill_command_clients, ms, pause};
 use lock_guard_tests::{RedisServer, all_free, eventually, load};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -43,6 +43,7 @@ async fn pause_all_during_acquire_never_starts_the_body() {
     let locks = manager(&server, Duration::from_secs(1)).await;
     let key = LockKey::new("faults").part("pause-acquire");
     let pause_for = Duration::from_millis(700);
+    let (mut failed_after, mut started_after) = (Duration::ZERO, Duration::ZERO);
     for wait in [Duration::ZERO, Duration::from_secs(3)] {
         let options = LockOptions::new()
             .lease(Duration::from_millis(300))
@@ -57,13 +58,15 @@ async fn pause_all_during_acquire_never_starts_the_body() {
             })
             .await;
         let started = *started.lock().unwrap();
-        eprintln!(
-            "acquire under CLIENT PAUSE 700 ALL, wait {wait:?}: {result:?} after {:?}",
-            paused_at.elapsed()
-        );
+        let took = paused_at.elapsed();
+        eprintln!("acquire under CLIENT PAUSE 700 ALL, wait {wait:?}: {result:?} after {took:?}");
         if wait.is_zero() {
             assert!(started.is_none(), "the body started under an expired grant");
-            assert!(result.is_err(), "the call returned {result:?}");
+            assert!(
+                matches!(result, Err(LockError::NotAcquired { .. })),
+                "the call returned {result:?}"
+            );
+            failed_after = took;
         } else {
             // Only a grant that came back in time, i.e. one sent after the pause, starts it.
             let started = started.expect("the body runs once the lock is taken again");
@@ -73,9 +76,23 @@ async fn pause_all_during_acquire_never_starts_the_body() {
                 started - paused_at
             );
             result.expect("taken again after the pause");
+            started_after = started - paused_at;
         }
         sleep(Duration::from_millis(400)).await;
     }
+    Figures::new(
+        "faults_redis::pause_all_during_acquire_never_starts_the_body",
+        "`CLIENT PAUSE 700 ALL` during acquire, lease 300 ms",
+        "the body never runs under the late grant: with `wait = 0` the call fails; with time left it takes the lock again after the pause (S7)",
+    )
+    .ms("wait0_failed_after_ms", failed_after)
+    .ms("wait3s_started_after_ms", started_after)
+    .measured(&format!(
+        "`wait = 0`: `NotAcquired` after {}, body never polled; `wait = 3s`: body started {} after the pause began, under a fresh grant",
+        ms(failed_after),
+        ms(started_after)
+    ))
+    .print();
 }
 
 /// The same stall under the guard API: `lock` never hands out a guard whose lease had already run
@@ -108,6 +125,13 @@ async fn pause_all_during_acquire_never_hands_out_an_expired_guard() {
         }
         sleep(Duration::from_millis(400)).await;
     }
+    Figures::new(
+        "faults_redis::pause_all_during_acquire_never_hands_out_an_expired_guard",
+        "`CLIENT PAUSE 700 ALL` during acquire, guard API (`lock`)",
+        "never hands out a guard whose validity had passed when the reply came (S7)",
+    )
+    .measured("`wait = 0`: `NotAcquired`; `wait = 3s`: a guard valid when returned")
+    .print();
 }
 
 /// `CLIENT PAUSE 1500 ALL` from inside a fixed-lease body (lease 1 s, deadline 666 ms): the
@@ -164,6 +188,21 @@ async fn pause_all_during_a_fixed_lease_body() {
         "free only after {took:?}"
     );
     free.release().await.unwrap();
+    Figures::new(
+        "faults_redis::pause_all_during_a_fixed_lease_body",
+        "`CLIENT PAUSE 1500 ALL` during a fixed-lease body (lease 1 s)",
+        "body dropped at its deadline; call returns within deadline + command timeout (S7, S15)",
+    )
+    .ms("dropped_after_ms", dropped - acquired)
+    .ms("returned_after_ms", returned - acquired)
+    .ms("taken_over_after_ms", took)
+    .measured(&format!(
+        "dropped at {} (deadline 667 ms), returned at {} (command timeout 300 ms); another instance took the lock {} after the acquisition (pause ends at 1.5 s)",
+        ms(dropped - acquired),
+        ms(returned - acquired),
+        ms(took)
+    ))
+    .print();
 }
 
 /// `CLIENT PAUSE 1000 ALL` as the body ends (lease 10 s, command timeout 300 ms): the call returns
@@ -208,6 +247,17 @@ async fn pause_all_during_release() {
         "only after {took:?}"
     );
     waiter.release().await.unwrap();
+    Figures::new(
+        "faults_redis::pause_all_during_release",
+        "`CLIENT PAUSE 1000 ALL` during release (lease 10 s)",
+        "the body's value comes back within a command timeout; the lock is freed once Redis answers, not at the lease end (S14)",
+    )
+    .ms("taken_over_after_pause_began_ms", took)
+    .measured(&format!(
+        "another instance took the lock {} after the pause began",
+        ms(took)
+    ))
+    .print();
 }
 
 /// Redis killed and restarted empty while a lock is held: the lease cannot survive a restart
@@ -233,13 +283,20 @@ async fn restart_empty_frees_the_lock_but_tokens_still_rise() {
         "the old holder's release must not free the new lock"
     );
     assert!(taken.release().await.unwrap());
+    Figures::new(
+        "faults_redis::restart_empty_frees_the_lock_but_tokens_still_rise",
+        "Redis killed and restarted empty while a lock is held",
+        "tokens still rise; an old holder's release does not free the new lock; the lock itself is lost (S11)",
+    )
+    .measured("the lock was taken at once after the restart, with a higher token; the old release returned `false`")
+    .print();
 }
 
 /// Runs contention on 4 keys from two managers (command timeout 500 ms, wait 3 s) for 2.5 s while
 /// `fault` runs every 150 ms; then checks: no two bodies of a key ever overlapped, every call
 /// started its body or failed within wait + one command timeout + ε, no lock was left held, and
 /// (once idle) no channel stays subscribed.
-async fn under_load<F, Fut>(name: &str, fault: F)
+async fn under_load<F, Fut>(name: &str, figures: Figures, fault: F)
 where
     F: Fn(Arc<RedisServer>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -286,6 +343,14 @@ where
         report.errors.iter().take(3).collect::<Vec<_>>()
     );
     assert_eq!(report.overlaps, 0, "two bodies of one key ran at once");
+    // The faults are transparent to callers: reconnects, resubscribes and script reloads happen
+    // within the call.
+    assert!(
+        report.errors.is_empty(),
+        "{} calls failed, e.g. {:?}",
+        report.errors.len(),
+        report.errors.iter().take(3).collect::<Vec<_>>()
+    );
     assert!(report.completed > 50, "too little progress: {report:?}");
     assert!(
         report.worst_call <= wait + command_timeout + EPSILON,
@@ -305,11 +370,31 @@ where
         || async { server.pubsub_channels().await.is_empty() },
     )
     .await;
+    figures
+        .count("faults", u64::from(faults))
+        .count("bodies", report.completed)
+        .count("errors", report.errors.len() as u64)
+        .count("overlaps", report.overlaps)
+        .ms("worst_call_ms", report.worst_call)
+        .measured(&format!(
+            "{faults} faults, {} bodies, {} errors, {} overlaps, worst call {} (bound {})",
+            report.completed,
+            report.errors.len(),
+            report.overlaps,
+            ms(report.worst_call),
+            ms(wait + command_timeout + EPSILON)
+        ))
+        .print();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_of_the_subscriber_under_load() {
-    under_load("kill-pubsub", |server| async move {
+    let figures = Figures::new(
+        "faults_redis::client_kill_of_the_subscriber_under_load",
+        "`CLIENT KILL TYPE pubsub` every 150 ms under load",
+        "no two holders; no call fails; calls within wait + command timeout; no channel left subscribed (S8, S14)",
+    );
+    under_load("kill-pubsub", figures, |server| async move {
         server.kill_pubsub_clients().await;
     })
     .await;
@@ -317,7 +402,12 @@ async fn client_kill_of_the_subscriber_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_of_command_connections_under_load() {
-    under_load("kill-normal", |server| async move {
+    let figures = Figures::new(
+        "faults_redis::client_kill_of_command_connections_under_load",
+        "`CLIENT KILL TYPE normal` every 150 ms under load",
+        "no two holders; no call fails; calls within wait + command timeout; no channel left subscribed (S8, S14)",
+    );
+    under_load("kill-normal", figures, |server| async move {
         kill_command_clients(&server).await;
     })
     .await;
@@ -325,7 +415,12 @@ async fn client_kill_of_command_connections_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_under_load() {
-    under_load("script-flush", |server| async move {
+    let figures = Figures::new(
+        "faults_redis::script_flush_under_load",
+        "`SCRIPT FLUSH` every 150 ms under load",
+        "`NOSCRIPT` reloaded transparently: no call fails (S9)",
+    );
+    under_load("script-flush", figures, |server| async move {
         server.script_flush().await;
     })
     .await;
@@ -338,6 +433,7 @@ async fn script_flush_under_load() {
 async fn no_subscription_outlives_its_waiters() {
     let server = RedisServer::start();
     let (locks, holder) = (server.manager().await, server.manager().await);
+    let mut empty_after = Vec::new();
     for round in 0..3 {
         let keys: Vec<LockKey> = (0..4)
             .map(|i| LockKey::new("subs").part(format!("{round}-{i}")))
@@ -399,7 +495,36 @@ async fn no_subscription_outlives_its_waiters() {
         )
         .await;
         eprintln!("round {round}: channels empty {took:?} after the last waiter");
+        empty_after.push(took);
     }
+    print_empty_after(
+        Figures::new(
+            "faults_redis::no_subscription_outlives_its_waiters",
+            "waiters come and go across a subscriber reconnect",
+            "`PUBSUB CHANNELS` empty once idle (S8, S14)",
+        ),
+        &empty_after,
+        "the last waiter",
+    );
+}
+
+/// Prints how soon `PUBSUB CHANNELS` was empty, over the rounds.
+fn print_empty_after(figures: Figures, rounds: &[Duration], after: &str) {
+    let (min, max) = (
+        rounds.iter().min().copied().unwrap_or_default(),
+        rounds.iter().max().copied().unwrap_or_default(),
+    );
+    figures
+        .count("rounds", rounds.len() as u64)
+        .ms("empty_after_min_ms", min)
+        .ms("empty_after_max_ms", max)
+        .measured(&format!(
+            "empty {}–{} after {after} ({} rounds)",
+            ms(min),
+            ms(max),
+            rounds.len()
+        ))
+        .print();
 }
 
 /// Waits until `PUBSUB CHANNELS` is empty (at most the unsubscribe grace of 500 ms and 1.5 s of
@@ -423,6 +548,7 @@ async fn resubscribing_after_a_reconnect_leaves_no_channel_behind() {
         manager(&server, Duration::from_secs(2)).await,
         server.manager().await,
     );
+    let mut empty_after = Vec::new();
     for round in 0..3 {
         let anchor = LockKey::new("subs-anchor").part(round);
         let held = holder
@@ -479,7 +605,17 @@ async fn resubscribing_after_a_reconnect_leaves_no_channel_behind() {
         anchor_guard.release().await.unwrap();
         let took = no_channel_left(&server, "no channel left subscribed after a reconnect").await;
         eprintln!("reconnect round {round}: channels empty {took:?} after the last release");
+        empty_after.push(took);
     }
+    print_empty_after(
+        Figures::new(
+            "faults_redis::resubscribing_after_a_reconnect_leaves_no_channel_behind",
+            "subscriber reconnect (`CLIENT KILL TYPE pubsub`) while an acquisition that never asked for notifications is in flight (held by `CLIENT PAUSE 800 WRITE`)",
+            "no channel stays subscribed once idle (S8, S14)",
+        ),
+        &empty_after,
+        "the last release",
+    );
 }
 
 /// A channel lingers (its queue emptied a moment ago, 500 ms grace) when a new call on the same
@@ -493,6 +629,7 @@ async fn a_lingering_channel_is_unsubscribed_after_a_queue_that_never_asked() {
         manager(&server, Duration::from_secs(2)).await,
         server.manager().await,
     );
+    let mut empty_after = Vec::new();
     for round in 0..3 {
         let key = LockKey::new("subs-linger").part(round);
         // A waiter subscribes, is woken by the release and takes the lock: its queue empties and
@@ -529,7 +666,17 @@ async fn a_lingering_channel_is_unsubscribed_after_a_queue_that_never_asked() {
         guard.release().await.unwrap();
         let took = no_channel_left(&server, "no channel left subscribed after the grace").await;
         eprintln!("linger round {round}: channels empty {took:?} after the last call");
+        empty_after.push(took);
     }
+    print_empty_after(
+        Figures::new(
+            "faults_redis::a_lingering_channel_is_unsubscribed_after_a_queue_that_never_asked",
+            "a channel lingering (500 ms grace) when a call on the same key arrives that takes the lock on its first try, held by `CLIENT PAUSE 900 WRITE` across the grace's end",
+            "no channel stays subscribed once idle (S8, S14)",
+        ),
+        &empty_after,
+        "the last call",
+    );
 }
 
 const LEASE_10S: Duration = Duration::from_secs(10);

@@ -113,6 +113,19 @@ async fn tokens_increase_across_a_restart_that_loses_the_counter() {
         after[0]
     );
     assert_strictly_increasing(&after);
+    lock_guard_tests::faults::Figures::new(
+        "fencing::tokens_increase_across_a_restart_that_loses_the_counter",
+        "Redis killed and restarted empty (the counter lost), 150 tokens before and after",
+        "the next token exceeds every token issued (S11)",
+    )
+    .count("highest_before", highest)
+    .count("first_after", after[0])
+    .measured(&format!(
+        "last token before {highest}, first after {} (+{})",
+        after[0],
+        after[0] - highest
+    ))
+    .print();
 }
 
 /// Redis restarts from an older RDB snapshot (`SAVE` after the 5th of 25 acquisitions, then
@@ -152,16 +165,37 @@ async fn tokens_increase_across_a_restart_from_an_older_snapshot() {
         after[0]
     );
     assert_strictly_increasing(&after);
+    lock_guard_tests::faults::Figures::new(
+        "fencing::tokens_increase_across_a_restart_from_an_older_snapshot",
+        "Redis restarted from an older RDB (25 acquisitions, `SAVE` after the 5th, kill -9)",
+        "the next token exceeds every token issued (S11)",
+    )
+    .count("highest_issued", highest)
+    .count("stale_counter", stored)
+    .count("next", after[0])
+    .measured(&format!(
+        "highest issued {highest}, stale counter {stored}, next {}",
+        after[0]
+    ))
+    .print();
 }
 
-/// The counter key has a TTL, so a key locked once does not cost Redis memory forever; and the
-/// lock key itself is gone after the release.
+/// The counter key has a TTL, so a key locked once does not cost Redis memory forever — and it is
+/// the retention the docs state (README's key table: 60 s plus the lease after the last
+/// acquisition), no shorter (tokens would then rest on the clock alone sooner than documented) and
+/// no longer; the lock key itself is gone after the release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fence_counter_key_expires() {
+    // The documented retention of a fencing counter after its last acquisition, beyond the lease.
+    const RETENTION: Duration = Duration::from_secs(60);
     let server = RedisServer::start();
     let locks = server.manager().await;
     let key = LockKey::new("fencing").part("ttl");
-    let guard = locks.lock(&key, LockOptions::new()).await.unwrap();
+    let lease = Duration::from_secs(3);
+    let guard = locks
+        .lock(&key, LockOptions::new().lease(lease))
+        .await
+        .unwrap();
     let token = guard.fencing_token();
     guard.release().await.unwrap();
 
@@ -176,6 +210,12 @@ async fn fence_counter_key_expires() {
     assert!(
         pttl > 0,
         "the fence counter key must expire (PTTL {pttl}: -1 = no TTL, -2 = missing)"
+    );
+    let retention = (lease + RETENTION).as_millis() as i64;
+    // Read within a few seconds of the acquisition, even on a loaded machine.
+    assert!(
+        pttl <= retention && pttl > retention - 5_000,
+        "the fence counter lives {pttl} ms, the documented retention is {retention} ms"
     );
     let stored: u64 = redis::cmd("GET")
         .arg(&fence_key)

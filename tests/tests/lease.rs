@@ -175,7 +175,7 @@ backend_tests! {
         let waiter = async {
             // Starts after the holder has the lock.
             lock_guard_tests::eventually(Duration::from_secs(5), "the holder took the lock", || async {
-                other.lock(&key, LockOptions::new().wait(Duration::ZERO)).await.is_err()
+                matches!(other.lock(&key, LockOptions::new().wait(Duration::ZERO)).await, Err(LockError::NotAcquired { .. }))
             })
             .await;
             let guard = other.lock(&key, LockOptions::new().wait(Duration::from_secs(5))).await;

@@ -137,7 +137,8 @@ async fn one_frozen_node_of_three_still_grants() {
     let options = LockOptions::new().wait(wait).lease(Duration::from_secs(5));
     let start = Instant::now();
     let guard = a.lock(&key, options).await.expect("a majority is up");
-    assert!(start.elapsed() < wait, "took {:?}", start.elapsed());
+    let acquired_in = start.elapsed();
+    assert!(acquired_in < wait, "took {acquired_in:?}");
     assert!(guard.valid_until() > Instant::now());
 
     let other = b.lock(&key, options.wait(Duration::from_millis(400))).await;
@@ -156,6 +157,17 @@ async fn one_frozen_node_of_three_still_grants() {
     for s in &servers[1..] {
         assert!(!exists(s, &redis_key).await);
     }
+    lock_guard_tests::faults::Figures::new(
+        "redlock::one_frozen_node_of_three_still_grants",
+        "Redlock: one of three nodes frozen (`SIGSTOP`)",
+        "the lock is taken by the two others well within `wait`, excludes a second manager (`NotAcquired`), and is released (S12)",
+    )
+    .ms("acquired_in_ms", acquired_in)
+    .measured(&format!(
+        "acquired in {} (wait 2 s); a second manager got `NotAcquired`",
+        lock_guard_tests::faults::ms(acquired_in)
+    ))
+    .print();
 }
 
 /// Two of three nodes frozen: a clear backend error naming the key, within `wait` plus one command
@@ -202,6 +214,17 @@ async fn two_frozen_nodes_fail_in_bounded_time_and_leave_nothing() {
             !exists(&servers[2], &redis_key).await,
             "left on the live node"
         );
+        lock_guard_tests::faults::Figures::new(
+            "redlock::two_frozen_nodes_fail_in_bounded_time_and_leave_nothing",
+            "Redlock: two of three nodes frozen (`SIGSTOP`)",
+            "a backend error naming the key (no quorum) within `wait` + one command timeout; nothing left on the live node; late grants given back once thawed (S12, S15)",
+        )
+        .ms("failed_after_ms", took)
+        .measured(&format!(
+            "`NoQuorum` (1 of 3 answered) after {} (wait 1 s)",
+            lock_guard_tests::faults::ms(took)
+        ))
+        .print();
     }
     // Thawed: the requests the frozen nodes held are applied now, and each node's clean-up
     // releases them right behind, long before the 30 s lease.

@@ -48,6 +48,14 @@ backend_tests! {
         eprintln!("{}: nested call ended after {took:?}: {inner:?}", backend.name());
         assert!(matches!(inner, Err(LockError::Deadline { .. })), "the nested call ignored its deadline: {inner:?}");
         assert!(took < Duration::from_millis(400), "the nested body ran {took:?}");
+        lock_guard_tests::faults::Figures::new(
+            &format!("reentrancy::{}::nested_call_keeps_its_own_deadline", backend.name()),
+            &format!("nested reentrant call with a shorter `timeout` ({})", backend.name()),
+            "keeps its own deadline (S13)",
+        )
+        .ms("ended_after_ms", took)
+        .measured(&format!("ended at {} (timeout 200 ms)", lock_guard_tests::faults::ms(took)))
+        .print();
     }
 
     /// Two bodies of one key driven by `join!` in one task never run at the same time: the
@@ -78,6 +86,13 @@ backend_tests! {
         let (la, lb) = tokio::join!(locks.run(&key, WAIT, body()), locks.run(&key, WAIT, body()));
         assert!(la.is_ok() && lb.is_ok(), "un-nested, both run in turn: {la:?} {lb:?}");
         assert_eq!(overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "two bodies of one key ran at once");
+        lock_guard_tests::faults::Figures::new(
+            &format!("reentrancy::{}::joined_bodies_of_one_key_never_overlap", backend.name()),
+            &format!("two nested bodies of one key under `join!` ({})", backend.name()),
+            "never run at the same time (S13)",
+        )
+        .measured("no overlap; nested and un-nested")
+        .print();
     }
 
     /// Nested three deep, each with a 5 s wait: the inner calls return at once, see the outer

@@ -112,6 +112,19 @@ async fn a_frozen_replica_means_not_replicated_and_nothing_held() {
         .release()
         .await
         .unwrap();
+    lock_guard_tests::faults::Figures::new(
+        "replicas::a_frozen_replica_means_not_replicated_and_nothing_held",
+        "`WAIT`: the only replica frozen (`SIGSTOP`), `wait_for_replicas(1, …)`",
+        "the call fails with `NotReplicated` naming the key after the `WAIT` timeout, not the wait; nothing left held (S12)",
+    )
+    .ms("failed_after_ms", took)
+    .ms("wait_timeout_ms", WAIT_TIMEOUT)
+    .measured(&format!(
+        "`NotReplicated` after {} (`WAIT` timeout {}, wait 5 s); the lock key gone",
+        lock_guard_tests::faults::ms(took),
+        lock_guard_tests::faults::ms(WAIT_TIMEOUT)
+    ))
+    .print();
 }
 
 /// Wanting more replicas than there are fails the same way, with the count that did acknowledge;

@@ -20,6 +20,13 @@
 //! - `acquire`: takes the lock (waiting up to `wait_ms`), prints, releases, exits;
 //! - `jepsen`: `tasks` tasks for `duration_ms`, each taking random keys in turn and running a
 //!   section (`begin`, a short sleep, `end`) through the store.
+//!
+//! In jepsen mode each section records [`valid`](lock_guard_tests::FencedStore::valid) in the
+//! store once the library vouched for its lock after the section's last reply (a `run` body still
+//! being run; a guard before its `valid_until`).
+//!
+//! `broken=grant-everyone` (jepsen mode, tests of the checker only): every task locks a key of
+//! its own while writing to the shared store key, so the "lock" excludes nobody.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -172,6 +179,7 @@ async fn jepsen(
         .get("guard_tasks")
         .map_or(0, |v| v.parse().expect("guard_tasks"));
     let end = tokio::time::Instant::now() + args.ms("duration_ms", 5000);
+    let grant_everyone = args.get("broken") == Some("grant-everyone");
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let mut set = tokio::task::JoinSet::new();
     for task in 0..tasks {
@@ -194,7 +202,10 @@ async fn jepsen(
                     break;
                 }
                 let name = &keys[(next() % keys.len() as u64) as usize];
-                let key = LockKey::new("jepsen").part(name);
+                let mut key = LockKey::new("jepsen").part(name);
+                if grant_everyone {
+                    key = key.part(std::process::id()).part(task);
+                }
                 let pause = Duration::from_millis(next() % 15);
                 if task < guard_tasks {
                     let result = guarded_section(&locks, &store, &key, name, options, pause).await;
@@ -210,11 +221,14 @@ async fn jepsen(
                         let token = lock_guard::fencing_token().expect("a token in the body");
                         let begin = store.begin(name, token).await.map_err(Failure::Store)?;
                         if matches!(begin, Fenced::Rejected(_)) {
+                            // Still being run after the reply: the library vouches for the lock.
+                            store.valid(name, token).await.map_err(Failure::Store)?;
                             say(&format!("SECTION {name} {token} fenced skipped"));
                             return Ok(false);
                         }
                         tokio::time::sleep(pause).await;
                         let end = store.end(name, token).await.map_err(Failure::Store)?;
+                        store.valid(name, token).await.map_err(Failure::Store)?;
                         let accepted = matches!(end, Fenced::Accepted(_));
                         let word = if accepted { "accepted" } else { "fenced" };
                         say(&format!("SECTION {name} {token} accepted {word}"));
@@ -264,6 +278,10 @@ async fn guarded_section(
         say(&format!("SECTION {name} {token} guard {word}"));
         accepted
     };
+    // The last reply came before the guard's validity ended: the library vouches for the lock.
+    if tokio::time::Instant::now() < guard.valid_until() {
+        store.valid(name, token).await.map_err(Failure::Store)?;
+    }
     // Reports `false` when the lease ran out meanwhile (the lock had moved on).
     let _ = guard.release().await;
     Ok(accepted)
