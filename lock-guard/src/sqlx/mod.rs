@@ -3,7 +3,7 @@
 //! `sqlx-sqlite`, `sqlx-any`; sqlx 0.8).
 //!
 //! Inside a guarded body, [`begin`] opens a transaction exactly as sqlx's `begin` does (on a pool,
-//! a `&mut` connection, or anything else that is [`sqlx::Acquire`](::sqlx::Acquire)), and runs one
+//! a `&mut` connection, or anything else that is [`sqlx::Acquire`]), and runs one
 //! statement first: an upsert of the section's lock key and fencing token into a fence table,
 //! which succeeds only if no greater token is recorded for that key.
 //!
@@ -13,7 +13,8 @@
 //! use lock_guard::{LockKey, LockManager, LockOptions};
 //! use sqlx::sqlite::SqlitePoolOptions;
 //!
-//! let pool = SqlitePoolOptions::new().connect("sqlite::memory:").await?;
+//! // One connection: each connection to `sqlite::memory:` is a database of its own.
+//! let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
 //! lock_guard::sqlx::ensure(&pool).await?; // or the migration in the module docs
 //! sqlx::query("CREATE TABLE keywords (user_id INTEGER, keyword TEXT)").execute(&pool).await?;
 //!
@@ -32,7 +33,7 @@
 //!         tx.commit().await?;
 //!         Ok::<_, lock_guard::sqlx::FenceError>(())
 //!     })
-//!     .await??;
+//!     .await?;
 //!
 //! // Outside a guarded body there is no lock to fence with: an error, not a panic.
 //! let outside = lock_guard::sqlx::begin(&pool).await;
@@ -500,7 +501,10 @@ where
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use lock_guard::{LockKey, LockManager, LockOptions};
 ///
-/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new()
+///     .max_connections(1)
+///     .connect("sqlite::memory:")
+///     .await?;
 /// lock_guard::sqlx::ensure(&pool).await?;
 /// let locks = LockManager::memory();
 /// let guard = locks.lock(&LockKey::new("invoice").part(42), LockOptions::new()).await?;
