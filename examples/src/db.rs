@@ -49,6 +49,8 @@ pub struct Tables {
     pub matches: String,
     /// `(id, match_id)`: one chat room per match.
     pub chat_rooms: String,
+    /// The fence table of the fenced transactions (`lock_guard::sqlx`).
+    pub fences: String,
 }
 
 impl Tables {
@@ -70,6 +72,7 @@ impl Tables {
             likes: format!("{prefix}likes"),
             matches: format!("{prefix}matches"),
             chat_rooms: format!("{prefix}chat_rooms"),
+            fences: format!("{prefix}fences"),
         }
     }
 
@@ -183,6 +186,11 @@ impl Db {
         &self.tables
     }
 
+    /// How this database's fenced transactions are made: the fence table [`Tables::fences`].
+    pub fn fencing(&self) -> lock_guard::sqlx::Fencing {
+        lock_guard::sqlx::Fencing::new().table(self.tables.fences.clone())
+    }
+
     /// Creates the tables if they do not exist.
     pub async fn create_tables(&self) -> Result<(), sqlx::Error> {
         let id = match self.kind {
@@ -218,13 +226,20 @@ impl Db {
         for statement in statements {
             self.pool.execute(statement.as_str()).await?;
         }
+        self.fencing()
+            .ensure(&self.pool)
+            .await
+            .map_err(|e| match e {
+                lock_guard::sqlx::FenceError::Database(e) => e,
+                other => sqlx::Error::Configuration(other.into()),
+            })?;
         Ok(())
     }
 
     /// Drops the tables (PostgreSQL runs clean up after themselves).
     pub async fn drop_tables(&self) -> Result<(), sqlx::Error> {
         let t = &*self.tables;
-        for table in [&t.keywords, &t.likes, &t.matches, &t.chat_rooms] {
+        for table in [&t.keywords, &t.likes, &t.matches, &t.chat_rooms, &t.fences] {
             self.pool
                 .execute(format!("DROP TABLE IF EXISTS {table}").as_str())
                 .await?;
