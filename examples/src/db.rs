@@ -16,6 +16,13 @@
 //! `sqlite3_unlock_notify`) instead of aborting: the database behaves for this workload as
 //! PostgreSQL does under its default `READ COMMITTED` isolation — two check-then-inserts of the same
 //! row both find nothing and both insert. That is the race the lock removes.
+//!
+//! Fenced transactions (`lock_guard::sqlx`, the demos' "fenced" phase) record their token in the
+//! fence table [`Tables::fences`]. In shared-cache mode SQLite locks whole tables, so on the
+//! embedded database every fenced transaction holds the one fence table until it commits: fenced
+//! calls of *different* keys take turns there (on PostgreSQL only the key's row is locked). Read
+//! uncommitted also means a `COMMIT` that lands late (`--stall-commit`) cannot show a duplicate on
+//! the embedded database: the next holder already sees the uncommitted row.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -305,7 +305,7 @@ async fn http_answers_201_200_409_503_and_400() {
         );
     }
 
-    // 409 naming the error when the lock stays held for the whole wait (2 s).
+    // 409 naming the error when the lock stays held for the whole wait (3 s).
     let held = locks
         .lock(
             &LockKey::new("keyword").part(8),
@@ -324,7 +324,7 @@ async fn http_answers_201_200_409_503_and_400() {
         error.message
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
+        started.elapsed() >= Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
