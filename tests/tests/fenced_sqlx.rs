@@ -663,3 +663,98 @@ async fn sqlite_file_shared_by_two_processes_equals_a_serial_execution() {
     assert!(sections >= 10, "too few sections: {sections}");
     assert!(violations.is_empty(), "{sections} sections: {violations:?}");
 }
+
+/// The section's remaining time is the transaction's own limits, for that transaction only; a
+/// section whose deadline passed begins nothing; outside a section there is nothing to fence with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_are_the_sections_remaining_time() {
+    let redis = RedisServer::start();
+    let locks = redis.manager().await;
+    let p = prefix("limits");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pg_options())
+        .await
+        .expect("PostgreSQL");
+    let fencing = create_pg_tables(&pool, &p).await;
+    let guard = locks
+        .lock(
+            &LockKey::new("fenced").part("limits"),
+            LockOptions::new().lease(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let setting = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let v: String = sqlx::query_scalar(&format!("SELECT current_setting('{name}')"))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let ms = |v: &str| -> u64 {
+        v.strip_suffix("ms")
+            .map(|n| n.parse().unwrap())
+            .or_else(|| {
+                v.strip_suffix('s')
+                    .map(|n| n.parse::<u64>().unwrap() * 1000)
+            })
+            .unwrap_or_else(|| v.parse().unwrap())
+    };
+    let mut tx = fencing.begin_with(&guard, &pool).await.unwrap();
+    for name in [
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+    ] {
+        let v: String = sqlx::query_scalar(&format!("SELECT current_setting('{name}')"))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let left = ms(&v);
+        assert!(left > 5_000 && left <= 10_000, "{name} = {v}");
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(ms(&setting("statement_timeout").await), 0, "SET LOCAL only");
+    let tx = fencing
+        .clone()
+        .time_limits(false)
+        .begin_with(&guard, &pool)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    // Outside a guarded body: NotHeld, no transaction.
+    match fencing.begin(&pool).await {
+        Err(FenceError::Lock(lock_guard::LockError::NotHeld { .. })) => {}
+        other => panic!("expected NotHeld, got {other:?}"),
+    }
+    // A section whose deadline passed: Expired, naming the key.
+    let short = locks
+        .lock(
+            &LockKey::new("fenced").part("short"),
+            LockOptions::new().lease(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(150)).await;
+    match fencing.begin_with(&short, &pool).await {
+        Err(e @ FenceError::Expired { .. }) => {
+            assert_eq!(e.key(), Some("lock:{fenced:short}"));
+        }
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    // A bad table name: a clear error naming it, nothing sent.
+    let err = Fencing::new()
+        .table("fences; DROP TABLE x")
+        .begin_with(&guard, &pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fences; DROP TABLE x"), "{err}");
+    drop(short);
+    guard.release().await.unwrap();
+    drop_pg_tables(&pool, &p).await;
+}

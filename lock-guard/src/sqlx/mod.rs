@@ -73,8 +73,8 @@
 //! # The database's own time limits
 //!
 //! From the section's deadline ([`section_deadline`](crate::section_deadline) inside a guarded
-//! body, [`LockGuard::valid_until`] with a guard), the time left is set, in the same round trip as
-//! the fence, as:
+//! body, [`LockGuard::valid_until`] with a guard), the time left is set, in the same statement as
+//! the fence (one round trip after `BEGIN`, prepared once per connection on PostgreSQL), as:
 //!
 //! - PostgreSQL: `SET LOCAL statement_timeout`, `lock_timeout` and
 //!   `idle_in_transaction_session_timeout` (for this transaction only). A client that froze inside
@@ -232,6 +232,17 @@ pub trait FencedDatabase: ::sqlx::Database + sealed::Sealed {
         conn: &'c mut Self::Connection,
         sql: &'c str,
     ) -> BoxFuture<'c, Result<Vec<i64>, ::sqlx::Error>>;
+
+    /// Runs the prepared statement `sql` with `$1` = `key`, `$2` = `token` and, when given,
+    /// `$3` = `limit` (milliseconds, as text); returns the first column of every row.
+    #[doc(hidden)]
+    fn __prepared<'c>(
+        conn: &'c mut Self::Connection,
+        sql: &'c str,
+        key: &'c str,
+        token: i64,
+        limit: Option<String>,
+    ) -> BoxFuture<'c, Result<Vec<i64>, ::sqlx::Error>>;
 }
 
 #[cfg(any(
@@ -248,6 +259,25 @@ macro_rules! integers {
             use ::sqlx::Row as _;
             use futures_util::FutureExt as _;
             ::sqlx::Executor::fetch_all(conn, ::sqlx::raw_sql(sql))
+                .map(|rows| rows?.iter().map(|row| row.try_get::<i64, _>(0)).collect())
+                .boxed()
+        }
+
+        fn __prepared<'c>(
+            conn: &'c mut Self::Connection,
+            sql: &'c str,
+            key: &'c str,
+            token: i64,
+            limit: Option<String>,
+        ) -> BoxFuture<'c, Result<Vec<i64>, ::sqlx::Error>> {
+            use ::sqlx::Row as _;
+            use futures_util::FutureExt as _;
+            let query = ::sqlx::query(sql).bind(key).bind(token);
+            let query = match limit {
+                Some(ms) => query.bind(ms),
+                None => query,
+            };
+            ::sqlx::Executor::fetch_all(conn, query)
                 .map(|rows| rows?.iter().map(|row| row.try_get::<i64, _>(0)).collect())
                 .boxed()
         }
@@ -453,8 +483,18 @@ impl Fencing {
         };
         let mut tx = conn.begin().await?;
         let dialect = A::Database::__dialect(&*tx)?;
-        let sql = fence_sql(dialect, table, &key, token, limit);
-        let accepted = A::Database::__integers(&mut *tx, &sql).await?;
+        let accepted = match dialect {
+            Dialect::Postgres => {
+                // One prepared statement (cached per connection): the limits and the upsert.
+                let sql = pg_fence_sql(table, limit.is_some());
+                let ms = limit.map(|l| l.as_millis().clamp(1, i32::MAX as u128).to_string());
+                A::Database::__prepared(&mut *tx, &sql, &key, token, ms).await?
+            }
+            Dialect::Sqlite => {
+                let sql = sqlite_fence_sql(table, &key, token, limit);
+                A::Database::__integers(&mut *tx, &sql).await?
+            }
+        };
         if accepted.is_empty() {
             let sql = stored_sql(dialect, table, &key);
             let stored = A::Database::__integers(&mut *tx, &sql).await;
@@ -535,48 +575,43 @@ where
     Fencing::new().ensure(conn).await
 }
 
-/// The fence: the time limits, then the upsert that decides. Values are pasted as literals so
-/// that everything goes in one round trip (one simple query).
-fn fence_sql(
-    dialect: Dialect,
-    table: &str,
-    key: &str,
-    token: i64,
-    limit: Option<Duration>,
-) -> String {
-    let ms = limit.map(|l| l.as_millis().clamp(1, i32::MAX as u128));
-    match dialect {
-        Dialect::Postgres => {
-            let mut sql = String::new();
-            if let Some(ms) = ms {
-                sql.push_str(&format!(
-                    "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; \
-                     SET LOCAL idle_in_transaction_session_timeout = {ms}; "
-                ));
-            }
-            let key = pg_literal(key);
-            sql.push_str(&format!(
-                "INSERT INTO {table} AS f (lock_key, token, updated_at) VALUES ({key}, {token}, now()) \
-                 ON CONFLICT (lock_key) DO UPDATE SET token = EXCLUDED.token, updated_at = EXCLUDED.updated_at \
-                 WHERE f.token <= EXCLUDED.token RETURNING f.token"
-            ));
-            sql
-        }
-        Dialect::Sqlite => {
-            let mut sql = String::new();
-            if let Some(ms) = ms {
-                sql.push_str(&format!("PRAGMA busy_timeout = {ms}; "));
-            }
-            let key = sqlite_literal(key);
-            sql.push_str(&format!(
-                "INSERT INTO {table} AS f (lock_key, token, updated_at) \
-                 VALUES ({key}, {token}, CAST(strftime('%s', 'now') AS INTEGER)) \
-                 ON CONFLICT (lock_key) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at \
-                 WHERE f.token <= excluded.token RETURNING token"
-            ));
-            sql
-        }
+/// PostgreSQL's fence, one statement with parameters (`$1` key, `$2` token, `$3` the limit in
+/// ms as text): the time limits set for the rest of the transaction (`set_config(…, true)` is
+/// `SET LOCAL`; `lock_timeout` already bounds this statement's wait for the row), then the upsert
+/// that decides.
+fn pg_fence_sql(table: &str, limits: bool) -> String {
+    let upsert = format!(
+        "INSERT INTO {table} AS f (lock_key, token, updated_at) {{source}} \
+         ON CONFLICT (lock_key) DO UPDATE SET token = EXCLUDED.token, updated_at = EXCLUDED.updated_at \
+         WHERE f.token <= EXCLUDED.token RETURNING f.token"
+    );
+    if limits {
+        format!(
+            "WITH limits AS (SELECT set_config('lock_timeout', $3, true) AS l, \
+             set_config('statement_timeout', $3, true) AS s, \
+             set_config('idle_in_transaction_session_timeout', $3, true) AS i) {}",
+            upsert.replace("{source}", "SELECT $1, $2, now() FROM limits")
+        )
+    } else {
+        upsert.replace("{source}", "VALUES ($1, $2, now())")
     }
+}
+
+/// SQLite's fence as literals in one batch: the busy timeout, then the upsert that decides.
+fn sqlite_fence_sql(table: &str, key: &str, token: i64, limit: Option<Duration>) -> String {
+    let mut sql = String::new();
+    if let Some(limit) = limit {
+        let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+        sql.push_str(&format!("PRAGMA busy_timeout = {ms}; "));
+    }
+    let key = sqlite_literal(key);
+    sql.push_str(&format!(
+        "INSERT INTO {table} AS f (lock_key, token, updated_at) \
+         VALUES ({key}, {token}, CAST(strftime('%s', 'now') AS INTEGER)) \
+         ON CONFLICT (lock_key) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at \
+         WHERE f.token <= excluded.token RETURNING token"
+    ));
+    sql
 }
 
 fn stored_sql(dialect: Dialect, table: &str, key: &str) -> String {
