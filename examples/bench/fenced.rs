@@ -160,7 +160,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Res<Report> {
             db.cleanup = Some(sqlite_path.clone());
         }
         progress(&format!(
-            "fenced: {name}, {BLOCKS} blocks x {n} transactions, plain / fenced / fenced without limits"
+            "fenced: {name}, {BLOCKS} blocks x {} transactions of each kind",
+            n / BLOCKS
         ));
         one_transaction(&mut r, &db, &locks, n).await?;
         progress(&format!("fenced: {name}, {TASKS} tasks over distinct keys"));
