@@ -138,7 +138,9 @@ pub async fn fence() -> Result<crate::Fence, crate::LockError> {
 /// let options = LockOptions::new().lease(Duration::from_secs(3)).timeout(Duration::from_secs(1));
 /// let left = locks
 ///     .run(&LockKey::new("invoice").part(42), options, async {
-///         lock_guard::section_deadline().map(|d| d - tokio::time::Instant::now())
+///         Ok::<_, lock_guard::LockError>(
+///             lock_guard::section_deadline().map(|d| d - tokio::time::Instant::now()),
+///         )
 ///     })
 ///     .await?;
 /// assert!(left.is_some_and(|left| left <= Duration::from_secs(1)));
