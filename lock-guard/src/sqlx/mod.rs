@@ -375,8 +375,12 @@ impl Fencing {
         A: Acquire<'c>,
         A::Database: FencedDatabase,
     {
-        let fence = crate::fence().await.map_err(|_| LockError::NotHeld {
-            what: "lock_guard::sqlx::begin",
+        let fence = crate::fence().await.map_err(|e| match e {
+            LockError::NotHeld { .. } => LockError::NotHeld {
+                what: "lock_guard::sqlx::begin",
+            },
+            // E.g. the lock found lost when the token was read: passed on as it is.
+            other => other,
         })?;
         let deadline = crate::section_deadline();
         self.begin_fenced(fence, deadline, conn).await
