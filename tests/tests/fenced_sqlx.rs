@@ -524,7 +524,8 @@ async fn counters_under_faults(fenced: bool) -> (usize, Vec<String>, usize) {
     // replacement.
     for step in 0..6u32 {
         sleep(Duration::from_millis(600)).await;
-        let victim = &workers[(step as usize + 1) % workers.len()];
+        // Worker 0 is the one killed below: freeze the others (and the replacement).
+        let victim = &workers[1 + step as usize % (workers.len() - 1)];
         victim.signal("STOP");
         sleep(Duration::from_millis(700)).await;
         victim.signal("CONT");
