@@ -26,7 +26,17 @@
 //!                                        without --tables it uses (and keeps) keyword_demo_* tables
 //! --target URL (repeat)                  drive instances started elsewhere instead
 //! --bursts N --users N --keywords N --copies N --work-ms N
+//! --stall-commit [--stall-ms N]          fault mode: the first instance's inserts' COMMITs reach
+//!                                        the database N ms late (default 2500, past the 2 s
+//!                                        deadline), as over a slow link
 //! ```
+//!
+//! Three phases: unguarded, guarded (`#[concurrency_guard]`), and guarded + fenced (the same, in a
+//! `lock_guard::sqlx::begin` transaction). With `--stall-commit` the body's deadline drops the
+//! call while its `COMMIT` is still on its way; the lock is released and the next copy of the
+//! request runs its check-then-insert before that `COMMIT` lands: duplicates with the lock alone,
+//! none when fenced. Run it on PostgreSQL (`DATABASE_URL`): the embedded SQLite reads uncommitted
+//! rows (see `lock_guard_examples::db`), so a late `COMMIT` cannot show there.
 //!
 //! The table on stdout: per route, requests, answers (201 new, 200 existing, 409 lock busy), rows
 //! stored, duplicates, errors (database conflicts, deadlocks, timeouts, other), p50/p99 latency.
@@ -40,8 +50,11 @@ use lock_guard_examples::driver::{BurstPlan, Driver, PhaseReport, Progress, Rout
 use lock_guard_examples::instance::Instance;
 use lock_guard_examples::keyword::{DEFAULT_WORK, KeywordService};
 use lock_guard_examples::setup::{
-    BoxError, DbSetup, LISTENING, ServerProcess, Setup, start_instances,
+    BoxError, DbSetup, LISTENING, ServerProcess, Setup, start_instances_stalling,
 };
+
+/// How late a `COMMIT` lands with `--stall-commit`: past the guarded body's 2 s deadline.
+const DEFAULT_STALL: Duration = Duration::from_millis(2500);
 
 /// The command line.
 #[derive(Debug)]
@@ -53,7 +66,9 @@ struct Args {
     targets: Vec<String>,
     instances: Option<usize>,
     plan: BurstPlan,
+    bursts_given: bool,
     work: Duration,
+    stall_commit: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,7 +80,9 @@ fn parse_args() -> Result<Args, String> {
         targets: Vec::new(),
         instances: None,
         plan: BurstPlan::DEMO,
+        bursts_given: false,
         work: DEFAULT_WORK,
+        stall_commit: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -84,7 +101,16 @@ fn parse_args() -> Result<Args, String> {
                 .targets
                 .push(value("--target")?.trim_end_matches('/').to_owned()),
             "--instances" => args.instances = Some(number("--instances")?.max(1)),
-            "--bursts" => args.plan.bursts = number("--bursts")?.max(1),
+            "--bursts" => {
+                args.plan.bursts = number("--bursts")?.max(1);
+                args.bursts_given = true;
+            }
+            "--stall-commit" => {
+                args.stall_commit.get_or_insert(DEFAULT_STALL);
+            }
+            "--stall-ms" => {
+                args.stall_commit = Some(Duration::from_millis(number("--stall-ms")? as u64));
+            }
             "--users" => args.plan.users = number("--users")?.max(1),
             "--keywords" => args.plan.keywords = number("--keywords")?.max(1),
             "--copies" => args.plan.copies = number("--copies")?.max(1),
@@ -135,7 +161,9 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
         (DbSetup::Embedded, _) => Db::embedded().await?,
     };
     let instance = Instance::start(
-        KeywordService::new(db, locks).with_work(args.work),
+        KeywordService::new(db, locks)
+            .with_work(args.work)
+            .with_stall_commit(args.stall_commit),
         args.port,
     )
     .await?;
@@ -191,7 +219,7 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
         let n = args.instances.unwrap_or(3);
         let db = setup.database().await?;
         let exe = std::env::current_exe()?;
-        let child_args = [
+        let child_args = vec![
             "--serve".to_owned(),
             "--exit-with-parent".to_owned(),
             "--tables".to_owned(),
@@ -200,7 +228,11 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
             args.work.as_millis().to_string(),
         ];
         let mut processes = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
+            let mut child_args = child_args.clone();
+            if let Some(stall) = args.stall_commit.filter(|_| i == 0) {
+                child_args.extend(["--stall-ms".to_owned(), stall.as_millis().to_string()]);
+            }
             processes.push(ServerProcess::spawn(&exe, &child_args).await?);
         }
         println!(
@@ -221,7 +253,8 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
         let n = args.instances.unwrap_or(2);
         let db = setup.database().await?;
         let managers = setup.lock_managers(n).await?;
-        let instances = start_instances(&db, &managers, args.work).await?;
+        let instances =
+            start_instances_stalling(&db, &managers, args.work, args.stall_commit).await?;
         let sharing = setup.locks.sharing();
         println!(
             "  instances: {n} app instances in this process on {}, {sharing}; one database pool each",
@@ -235,12 +268,29 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
         database = Some(db);
         (Fleet::InProcess(instances), urls)
     };
-    let plan = args.plan;
+    let mut plan = args.plan;
+    if args.stall_commit.is_some() && !args.bursts_given {
+        // Stalled inserts hold their key for the deadline: fewer bursts keep the run short.
+        plan.bursts = 3;
+    }
     println!(
         "  service: one transaction: SELECT the keyword, {} ms of work, INSERT it if it was missing, \
          COMMIT; no UNIQUE (user_id, keyword)",
         args.work.as_millis()
     );
+    if let Some(stall) = args.stall_commit {
+        println!(
+            "  fault: --stall-commit: the first instance's inserts' COMMITs reach the database {} ms \
+             late, past the body's 2 s deadline",
+            stall.as_millis()
+        );
+        if setup.db == DbSetup::Embedded {
+            println!(
+                "  note: the embedded SQLite reads uncommitted rows, so a late COMMIT shows no \
+                 duplicate there; set DATABASE_URL=postgres://… to see it"
+            );
+        }
+    }
     println!(
         "  load: {} bursts x {} users x {} keywords, each request sent {}x to each of {} instances \
          at once = {} requests per route",
@@ -266,7 +316,10 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
     };
     let mut reports: Vec<PhaseReport> = Vec::new();
     let mut result = Ok(());
-    for (i, route) in [Route::Unguarded, Route::Guarded].into_iter().enumerate() {
+    for (i, route) in [Route::Unguarded, Route::Guarded, Route::Fenced]
+        .into_iter()
+        .enumerate()
+    {
         let users = first_user + (i * plan.users.max(100)) as i64;
         if !std::io::stderr().is_terminal() {
             eprintln!("  {}: sending {} bursts…", route.name(), plan.bursts);
@@ -316,28 +369,55 @@ async fn drive(args: Args) -> Result<ExitCode, BoxError> {
             println!("  {} first failure: {}", r.route.name(), shorten(e));
         }
     }
-    let guarded = reports.iter().find(|r| r.route == Route::Guarded);
-    let unguarded = reports.iter().find(|r| r.route == Route::Unguarded);
-    if let Some(u) = unguarded {
+    let find = |route| reports.iter().find(|r| r.route == route);
+    if let Some(u) = find(Route::Unguarded) {
         println!(
             "  unguarded: {} duplicate rows and {} failed requests from the check-then-insert race",
             u.duplicates(),
             u.errors()
         );
     }
-    match guarded {
-        Some(g) if g.duplicates() == 0 && g.errors() == 0 => {
+    let stalled = args.stall_commit.is_some();
+    let (guarded, fenced) = (find(Route::Guarded), find(Route::Fenced));
+    if let Some(g) = guarded {
+        if g.duplicates() == 0 && g.errors() == 0 {
             println!(
                 "  guarded:   no duplicates, no errors — #[concurrency_guard(name = \"keyword\", …)] \
                  keyed by the user ran one add per user at a time across the instances"
             );
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
+        } else if stalled {
+            println!(
+                "  guarded:   {} duplicate rows — the late COMMITs landed after the next holder's \
+                 check-then-insert: the lock alone cannot stop that",
+                g.duplicates()
+            );
+        } else {
             println!("  guarded:   UNEXPECTED duplicates or errors (see the table)");
-            Ok(ExitCode::FAILURE)
         }
     }
+    let Some(f) = fenced else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let fenced_ok = f.duplicates() == 0 && (stalled || f.errors() == 0);
+    let guarded_ok = stalled || guarded.is_some_and(|g| g.duplicates() == 0 && g.errors() == 0);
+    if fenced_ok {
+        println!(
+            "  fenced:    no duplicates — lock_guard::sqlx::begin: a newer holder's fence waits for \
+             (or the database ends) an older transaction still in flight{}",
+            if stalled {
+                "; the stalled calls' errors are their deadlines"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!("  fenced:    UNEXPECTED duplicates or errors (see the table)");
+    }
+    Ok(if fenced_ok && guarded_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn show_progress(p: &Progress) {

@@ -9,6 +9,7 @@
 //! cargo run --release --example bench -- --spawn --quick   # short smoke run (CI)
 //! cargo run --release --example bench -- --spawn --json --scenario handoff
 //! cargo run --release --example bench -- --spawn --scenario cluster,redlock
+//! cargo run --release --example bench -- --spawn --scenario fenced   # PostgreSQL + SQLite
 //! ```
 //!
 //! The `cluster` and `redlock` scenarios start their own deployments (a 3-master cluster with the
@@ -23,6 +24,7 @@ mod cluster;
 mod deployments;
 mod deployments_report;
 mod distinct;
+mod fenced;
 mod floor;
 mod hand_rolled;
 mod handoff;
@@ -118,6 +120,10 @@ pub(crate) enum Scenario {
     /// distinct keys next to one server, hand-over
     #[value(name = "redlock")]
     Redlock,
+    /// Fenced transactions (lock_guard::sqlx) vs plain ones on PostgreSQL (DATABASE_URL) and an
+    /// SQLite file: one transaction, and distinct keys
+    #[value(name = "fenced")]
+    Fenced,
 }
 
 /// How much each scenario does; `--quick` shrinks counts and windows, never the targets.
@@ -350,6 +356,7 @@ async fn bench(cli: &Cli, url: &str) -> Res<bool> {
             Scenario::Macro => reports.push(macros::run(&ctx).await?),
             Scenario::Cluster => reports.push(cluster::run(&ctx, &mut inspect).await?),
             Scenario::Redlock => reports.push(redlock::run(&ctx, &mut inspect).await?),
+            Scenario::Fenced => reports.push(fenced::run(&ctx).await?),
         }
     }
 

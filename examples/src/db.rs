@@ -16,6 +16,13 @@
 //! `sqlite3_unlock_notify`) instead of aborting: the database behaves for this workload as
 //! PostgreSQL does under its default `READ COMMITTED` isolation — two check-then-inserts of the same
 //! row both find nothing and both insert. That is the race the lock removes.
+//!
+//! Fenced transactions (`lock_guard::sqlx`, the demos' "fenced" phase) record their token in the
+//! fence table [`Tables::fences`]. In shared-cache mode SQLite locks whole tables, so on the
+//! embedded database every fenced transaction holds the one fence table until it commits: fenced
+//! calls of *different* keys take turns there (on PostgreSQL only the key's row is locked). Read
+//! uncommitted also means a `COMMIT` that lands late (`--stall-commit`) cannot show a duplicate on
+//! the embedded database: the next holder already sees the uncommitted row.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +56,8 @@ pub struct Tables {
     pub matches: String,
     /// `(id, match_id)`: one chat room per match.
     pub chat_rooms: String,
+    /// The fence table of the fenced transactions (`lock_guard::sqlx`).
+    pub fences: String,
 }
 
 impl Tables {
@@ -70,6 +79,7 @@ impl Tables {
             likes: format!("{prefix}likes"),
             matches: format!("{prefix}matches"),
             chat_rooms: format!("{prefix}chat_rooms"),
+            fences: format!("{prefix}fences"),
         }
     }
 
@@ -183,6 +193,11 @@ impl Db {
         &self.tables
     }
 
+    /// How this database's fenced transactions are made: the fence table [`Tables::fences`].
+    pub fn fencing(&self) -> lock_guard::sqlx::Fencing {
+        lock_guard::sqlx::Fencing::new().table(self.tables.fences.clone())
+    }
+
     /// Creates the tables if they do not exist.
     pub async fn create_tables(&self) -> Result<(), sqlx::Error> {
         let id = match self.kind {
@@ -218,13 +233,20 @@ impl Db {
         for statement in statements {
             self.pool.execute(statement.as_str()).await?;
         }
+        self.fencing()
+            .ensure(&self.pool)
+            .await
+            .map_err(|e| match e {
+                lock_guard::sqlx::FenceError::Database(e) => e,
+                other => sqlx::Error::Configuration(other.into()),
+            })?;
         Ok(())
     }
 
     /// Drops the tables (PostgreSQL runs clean up after themselves).
     pub async fn drop_tables(&self) -> Result<(), sqlx::Error> {
         let t = &*self.tables;
-        for table in [&t.keywords, &t.likes, &t.matches, &t.chat_rooms] {
+        for table in [&t.keywords, &t.likes, &t.matches, &t.chat_rooms, &t.fences] {
             self.pool
                 .execute(format!("DROP TABLE IF EXISTS {table}").as_str())
                 .await?;

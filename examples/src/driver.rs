@@ -23,6 +23,8 @@ pub enum Route {
     Unguarded,
     /// `POST /users/{id}/keywords`: the `#[concurrency_guard]` service function.
     Guarded,
+    /// `POST /fenced/users/{id}/keywords`: the same, in a fenced transaction.
+    Fenced,
 }
 
 impl Route {
@@ -31,6 +33,7 @@ impl Route {
         match self {
             Route::Unguarded => "unguarded",
             Route::Guarded => "guarded",
+            Route::Fenced => "fenced",
         }
     }
 
@@ -38,6 +41,7 @@ impl Route {
         match self {
             Route::Unguarded => format!("/unguarded/users/{user}/keywords"),
             Route::Guarded => format!("/users/{user}/keywords"),
+            Route::Fenced => format!("/fenced/users/{user}/keywords"),
         }
     }
 }

@@ -18,6 +18,10 @@ pub enum AppError {
     /// The database.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A fenced transaction did not begin: refused (a newer holder's token is recorded — this
+    /// call's lock was lost), the section's deadline passed, or its database failed.
+    #[error(transparent)]
+    Fence(lock_guard::sqlx::FenceError),
     /// Input the service refuses.
     #[error("{0}")]
     Invalid(String),
@@ -41,6 +45,8 @@ impl AppError {
                 DbFailure::Timeout => "db_timeout",
                 DbFailure::Other => "db_error",
             },
+            AppError::Fence(e) if e.is_refused() => "fence_refused",
+            AppError::Fence(_) => "fence_error",
             AppError::Invalid(_) => "invalid_input",
         }
     }
@@ -59,7 +65,19 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Fence(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Invalid(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<lock_guard::sqlx::FenceError> for AppError {
+    fn from(e: lock_guard::sqlx::FenceError) -> Self {
+        use lock_guard::sqlx::FenceError;
+        match e {
+            FenceError::Lock(e) => AppError::Lock(e),
+            FenceError::Database(e) => AppError::Db(e),
+            other => AppError::Fence(other),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | same, lock busy for the whole `wait` | `409` `{"error": "not_acquired", …}` |
 //! | same, lock backend down | `503` `{"error": "lock_backend", …}` |
 //! | same, keyword empty or over 64 characters | `400` `{"error": "invalid_input", …}` |
+//! | `POST /fenced/users/{id}/keywords` | the same under the lock, in a fenced transaction (`lock_guard::sqlx::begin`) |
 //! | `POST /unguarded/users/{id}/keywords` | the same service without the lock (for the demo) |
 //! | `GET /users/{id}/keywords` | `200` + every stored row, duplicates included |
 
@@ -108,6 +109,7 @@ pub struct KeywordService {
     db: Db,
     locks: LockManager,
     work: Duration,
+    stall_commit: Option<Duration>,
 }
 
 impl KeywordService {
@@ -117,7 +119,18 @@ impl KeywordService {
             db,
             locks,
             work: DEFAULT_WORK,
+            stall_commit: None,
         }
+    }
+
+    /// Fault mode: every `COMMIT` of an insert reaches the database `stall` late, as when it is
+    /// held up in the network — the transaction is handed to a task that waits, then commits,
+    /// and the body waits for that task. When the body's deadline drops it meanwhile, the lock is
+    /// released and the late `COMMIT` still lands afterwards: with the lock alone, the next
+    /// holder's check-then-insert stores a duplicate; a fenced transaction does not.
+    pub fn with_stall_commit(mut self, stall: Option<Duration>) -> KeywordService {
+        self.stall_commit = stall;
+        self
     }
 
     /// Sets the work done between the check and the insert ([`DEFAULT_WORK`]).
@@ -141,11 +154,23 @@ impl KeywordService {
     /// sharing the lock service. The transaction commits inside the body, so the lock is released
     /// only after the commit.
     ///
-    /// Waits up to 2 s for the lock (then `LockError::NotAcquired`, HTTP 409); the lease is 3 s and
+    /// Waits up to 3 s for the lock (then `LockError::NotAcquired`, HTTP 409); the lease is 3 s and
     /// the body is dropped — its transaction rolled back — after 2 s.
-    #[concurrency_guard(name = "keyword", wait = 2s, lease = 3s, locks = self.locks)]
+    #[concurrency_guard(name = "keyword", wait = 3s, lease = 3s, locks = self.locks)]
     pub async fn add_keyword(&self, user: UserId, keyword: &Keyword) -> Result<Added, AppError> {
-        self.check_then_insert(user, keyword).await
+        self.check_then_insert(user, keyword, false).await
+    }
+
+    /// The same under the same lock, in a fenced transaction (`lock_guard::sqlx::begin`): also
+    /// when a `COMMIT` is still in flight at the deadline, no later holder's insert can commit
+    /// before it, and a holder whose lock was lost is refused.
+    #[concurrency_guard(name = "keyword", wait = 3s, lease = 3s, locks = self.locks)]
+    pub async fn add_keyword_fenced(
+        &self,
+        user: UserId,
+        keyword: &Keyword,
+    ) -> Result<Added, AppError> {
+        self.check_then_insert(user, keyword, true).await
     }
 
     /// The same, without the lock: the bug the demo shows.
@@ -154,13 +179,22 @@ impl KeywordService {
         user: UserId,
         keyword: &Keyword,
     ) -> Result<Added, AppError> {
-        self.check_then_insert(user, keyword).await
+        self.check_then_insert(user, keyword, false).await
     }
 
     /// One transaction: look the keyword up; if it is missing, work a little, insert it; commit.
-    async fn check_then_insert(&self, user: UserId, keyword: &Keyword) -> Result<Added, AppError> {
+    async fn check_then_insert(
+        &self,
+        user: UserId,
+        keyword: &Keyword,
+        fenced: bool,
+    ) -> Result<Added, AppError> {
         let table = &self.db.tables().keywords;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = if fenced {
+            self.db.fencing().begin(self.db.pool()).await?
+        } else {
+            self.db.pool().begin().await?
+        };
         let existing = sqlx::query(&format!(
             "SELECT id FROM {table} WHERE user_id = $1 AND keyword = $2 ORDER BY id LIMIT 1"
         ))
@@ -187,7 +221,17 @@ impl KeywordService {
         .bind(keyword.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
+        match self.stall_commit {
+            None => tx.commit().await?,
+            Some(stall) => {
+                let late = tokio::spawn(async move {
+                    tokio::time::sleep(stall).await;
+                    tx.commit().await
+                });
+                late.await
+                    .map_err(|e| AppError::Invalid(format!("commit task: {e}")))??;
+            }
+        }
         Ok(Added {
             row: StoredKeyword {
                 id,
@@ -230,6 +274,7 @@ pub struct AddKeywordRequest {
 pub fn router(service: KeywordService) -> Router {
     Router::new()
         .route("/users/{id}/keywords", post(add_guarded).get(list))
+        .route("/fenced/users/{id}/keywords", post(add_fenced))
         .route("/unguarded/users/{id}/keywords", post(add_unguarded))
         .route("/health", get(|| async { "ok" }))
         .with_state(service)
@@ -242,6 +287,16 @@ async fn add_guarded(
 ) -> Result<(StatusCode, Json<StoredKeyword>), AppError> {
     let keyword = Keyword::parse(&request.keyword)?;
     let added = service.add_keyword(UserId(user), &keyword).await?;
+    Ok(answer(added))
+}
+
+async fn add_fenced(
+    State(service): State<KeywordService>,
+    Path(user): Path<i64>,
+    Json(request): Json<AddKeywordRequest>,
+) -> Result<(StatusCode, Json<StoredKeyword>), AppError> {
+    let keyword = Keyword::parse(&request.keyword)?;
+    let added = service.add_keyword_fenced(UserId(user), &keyword).await?;
     Ok(answer(added))
 }
 

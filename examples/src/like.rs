@@ -6,7 +6,8 @@
 //! (on two instances), both calls see both likes and no match, and both create one: two matches,
 //! two chat rooms. `#[concurrency_guard(name = "like", key = lock_guard::unordered(from, to), …)]`
 //! gives `like(7, 9)` and `like(9, 7)` the same lock, so they run one after the other: exactly one
-//! match.
+//! match. `like_fenced` does the same in fenced transactions (`lock_guard::sqlx::begin`), which also
+//! holds when a `COMMIT` lands after its body's deadline (see [`LikeService::with_stall_commit`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -46,6 +47,30 @@ pub struct LikeService {
     db: Db,
     locks: LockManager,
     work: Duration,
+    stall_commit: Option<Duration>,
+}
+
+/// Which `like` a round calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LikeMode {
+    /// `like_unguarded`.
+    #[default]
+    Unguarded,
+    /// `like`, under `#[concurrency_guard]`.
+    Guarded,
+    /// `like_fenced`: under the lock, in fenced transactions.
+    Fenced,
+}
+
+impl LikeMode {
+    /// `unguarded`, `guarded` or `fenced`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LikeMode::Unguarded => "unguarded",
+            LikeMode::Guarded => "guarded",
+            LikeMode::Fenced => "fenced",
+        }
+    }
 }
 
 impl LikeService {
@@ -55,7 +80,16 @@ impl LikeService {
             db,
             locks,
             work: DEFAULT_WORK,
+            stall_commit: None,
         }
+    }
+
+    /// Fault mode: the `COMMIT` that creates a match reaches the database `stall` late (the
+    /// transaction is handed to a task that waits, then commits; the body waits for it). Past the
+    /// body's 2 s deadline, the call fails, the lock is released, and the late `COMMIT` still lands.
+    pub fn with_stall_commit(mut self, stall: Option<Duration>) -> LikeService {
+        self.stall_commit = stall;
+        self
     }
 
     /// Sets the work done before creating a match ([`DEFAULT_WORK`]).
@@ -69,25 +103,44 @@ impl LikeService {
     /// (`lock:{like:a:b}` with `a < b`). Both transactions commit inside the body.
     #[concurrency_guard(name = "like", key = lock_guard::unordered(from, to), wait = 2s, lease = 3s, locks = self.locks)]
     pub async fn like(&self, from: UserId, to: UserId) -> Result<LikeOutcome, AppError> {
-        self.like_then_match(from, to).await
+        self.like_then_match(from, to, false).await
+    }
+
+    /// The same under the same lock, both transactions fenced (`lock_guard::sqlx::begin`; one
+    /// section fences twice with its one token).
+    #[concurrency_guard(name = "like", key = lock_guard::unordered(from, to), wait = 2s, lease = 3s, locks = self.locks)]
+    pub async fn like_fenced(&self, from: UserId, to: UserId) -> Result<LikeOutcome, AppError> {
+        self.like_then_match(from, to, true).await
     }
 
     /// The same, without the lock: the bug the demo shows.
     pub async fn like_unguarded(&self, from: UserId, to: UserId) -> Result<LikeOutcome, AppError> {
-        self.like_then_match(from, to).await
+        self.like_then_match(from, to, false).await
     }
 
-    async fn like_then_match(&self, from: UserId, to: UserId) -> Result<LikeOutcome, AppError> {
+    async fn begin(&self, fenced: bool) -> Result<sqlx::Transaction<'static, sqlx::Any>, AppError> {
+        Ok(if fenced {
+            self.db.fencing().begin(self.db.pool()).await?
+        } else {
+            self.db.pool().begin().await?
+        })
+    }
+
+    async fn like_then_match(
+        &self,
+        from: UserId,
+        to: UserId,
+        fenced: bool,
+    ) -> Result<LikeOutcome, AppError> {
         if from == to {
             return Err(AppError::Invalid(
                 "a user cannot like themselves".to_owned(),
             ));
         }
         let t = self.db.tables();
-        let pool = self.db.pool();
 
         // 1. The like, in its own transaction: it stands whether or not a match follows.
-        let mut tx = pool.begin().await?;
+        let mut tx = self.begin(fenced).await?;
         let liked = sqlx::query(&format!(
             "SELECT id FROM {} WHERE from_user = $1 AND to_user = $2",
             t.likes
@@ -110,7 +163,7 @@ impl LikeService {
 
         // 2. The match: if the other side liked too and they are not matched yet.
         let (a, b) = (from.min(to), from.max(to));
-        let mut tx = pool.begin().await?;
+        let mut tx = self.begin(fenced).await?;
         let liked_back = sqlx::query(&format!(
             "SELECT id FROM {} WHERE from_user = $1 AND to_user = $2",
             t.likes
@@ -153,7 +206,17 @@ impl LikeService {
         .bind(match_id)
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
+        match self.stall_commit {
+            None => tx.commit().await?,
+            Some(stall) => {
+                let late = tokio::spawn(async move {
+                    tokio::time::sleep(stall).await;
+                    tx.commit().await
+                });
+                late.await
+                    .map_err(|e| AppError::Invalid(format!("commit task: {e}")))??;
+            }
+        }
         Ok(LikeOutcome::Matched { match_id, room_id })
     }
 }
@@ -161,8 +224,12 @@ impl LikeService {
 /// The result of one round of the like demo.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LikeReport {
-    /// Whether the guarded `like` was called.
+    /// Whether the guarded `like` (or `like_fenced`) was called.
     pub guarded: bool,
+    /// Whether `like_fenced` was called.
+    pub fenced: bool,
+    /// Calls retried after failing at their deadline (with `retry_deadline`).
+    pub retried: usize,
     /// Pairs of users who liked each other at the same instant.
     pub pairs: usize,
     /// `like` calls (two per pair).
@@ -186,6 +253,15 @@ pub struct LikeReport {
 }
 
 impl LikeReport {
+    /// `unguarded`, `guarded` or `fenced`.
+    pub fn mode(&self) -> LikeMode {
+        match (self.guarded, self.fenced) {
+            (_, true) => LikeMode::Fenced,
+            (true, false) => LikeMode::Guarded,
+            (false, false) => LikeMode::Unguarded,
+        }
+    }
+
     /// Whether every pair got exactly one match and one chat room.
     pub fn exact(&self) -> bool {
         self.doubled == 0
@@ -208,6 +284,29 @@ pub async fn run_pairs(
     pairs: usize,
     wave: usize,
     first_user: i64,
+    progress: impl FnMut(usize, usize),
+) -> Result<LikeReport, AppError> {
+    let mode = if guarded {
+        LikeMode::Guarded
+    } else {
+        LikeMode::Unguarded
+    };
+    run_pairs_with(instances, mode, false, pairs, wave, first_user, progress).await
+}
+
+/// [`run_pairs`] calling `mode`'s `like`; with `retry_deadline`, a call that fails at its body's
+/// deadline (`lock_deadline`) is sent once more, as a client retries a request that timed out.
+///
+/// # Panics
+///
+/// If `instances` is empty.
+pub async fn run_pairs_with(
+    instances: &[LikeService],
+    mode: LikeMode,
+    retry_deadline: bool,
+    pairs: usize,
+    wave: usize,
+    first_user: i64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<LikeReport, AppError> {
     assert!(
@@ -216,7 +315,8 @@ pub async fn run_pairs(
     );
     let started = Instant::now();
     let mut report = LikeReport {
-        guarded,
+        guarded: mode != LikeMode::Unguarded,
+        fenced: mode == LikeMode::Fenced,
         pairs,
         ..LikeReport::default()
     };
@@ -230,13 +330,23 @@ pub async fn run_pairs(
             let b = UserId(a.0 + 1);
             for (k, (from, to)) in [(a, b), (b, a)].into_iter().enumerate() {
                 let service = instances[(i + k) % instances.len()].clone();
+                // A retry goes to the next instance, as through a load balancer.
+                let other = instances[(i + k + 1) % instances.len()].clone();
                 let mut ready = ready.clone();
                 tasks.push(tokio::spawn(async move {
                     let _ = ready.wait_for(|go| *go).await;
-                    if guarded {
-                        service.like(from, to).await
-                    } else {
-                        service.like_unguarded(from, to).await
+                    let call = |service: LikeService| async move {
+                        match mode {
+                            LikeMode::Unguarded => service.like_unguarded(from, to).await,
+                            LikeMode::Guarded => service.like(from, to).await,
+                            LikeMode::Fenced => service.like_fenced(from, to).await,
+                        }
+                    };
+                    match call(service).await {
+                        Err(e) if retry_deadline && e.code() == "lock_deadline" => {
+                            (call(other).await, true)
+                        }
+                        result => (result, false),
                     }
                 }));
             }
@@ -244,7 +354,11 @@ pub async fn run_pairs(
         let _ = go.send(true);
         for task in tasks {
             report.calls += 1;
-            let failure = match task.await {
+            let result = task.await.map(|(result, retried)| {
+                report.retried += usize::from(retried);
+                result
+            });
+            let failure = match result {
                 Ok(Ok(_)) => continue,
                 Ok(Err(e)) if e.code() == "not_acquired" => {
                     report.not_acquired += 1;
@@ -302,10 +416,11 @@ pub fn table(reports: &[LikeReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>6} {:>6} {:>8} {:>11} {:>14} {:>13} {:>5} {:>7} {:>8}",
+        "{:<10} {:>6} {:>6} {:>7} {:>8} {:>11} {:>14} {:>13} {:>5} {:>7} {:>8}",
         "like",
         "pairs",
         "calls",
+        "retried",
         "matches",
         "chat rooms",
         "pairs doubled",
@@ -317,10 +432,11 @@ pub fn table(reports: &[LikeReport]) -> String {
     for r in reports {
         let _ = writeln!(
             out,
-            "{:<10} {:>6} {:>6} {:>8} {:>11} {:>14} {:>13} {:>5} {:>7} {:>7.2}s",
-            if r.guarded { "guarded" } else { "unguarded" },
+            "{:<10} {:>6} {:>6} {:>7} {:>8} {:>11} {:>14} {:>13} {:>5} {:>7} {:>7.2}s",
+            r.mode().name(),
             r.pairs,
             r.calls,
+            r.retried,
             r.matches,
             r.chat_rooms,
             r.doubled,

@@ -189,9 +189,22 @@ pub async fn start_instances(
     managers: &[LockManager],
     work: Duration,
 ) -> Result<Vec<Instance>, BoxError> {
+    start_instances_stalling(db, managers, work, None).await
+}
+
+/// [`start_instances`], with the first instance's inserts' `COMMIT`s reaching the database
+/// `stall_commit` late (one instance with a slow link; see [`KeywordService::with_stall_commit`]).
+pub async fn start_instances_stalling(
+    db: &Db,
+    managers: &[LockManager],
+    work: Duration,
+    stall_commit: Option<Duration>,
+) -> Result<Vec<Instance>, BoxError> {
     let mut instances = Vec::with_capacity(managers.len());
-    for locks in managers {
-        let service = KeywordService::new(db.connect_again().await?, locks.clone()).with_work(work);
+    for (i, locks) in managers.iter().enumerate() {
+        let service = KeywordService::new(db.connect_again().await?, locks.clone())
+            .with_work(work)
+            .with_stall_commit(stall_commit.filter(|_| i == 0));
         instances.push(Instance::start(service, 0).await?);
     }
     Ok(instances)

@@ -119,3 +119,45 @@ pub async fn fence() -> Result<crate::Fence, crate::LockError> {
         None => Err(crate::LockError::NotHeld { what: "fence()" }),
     }
 }
+
+/// When the current guarded body must end at the latest: the earliest deadline of this call
+/// chain's bodies (each the earlier of its `timeout` and its lease's validity), on the monotonic
+/// clock. `None` outside a guarded body.
+///
+/// With `lease = watchdog` the validity moves forward with every renewal Redis confirms; this is
+/// the deadline as of now. Work that must not outlive the lock — a database transaction's own time
+/// limits, for one (see `lock_guard::sqlx`) — can be bounded by it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lock_guard::LockError> {
+/// use std::time::Duration;
+/// use lock_guard::{LockKey, LockManager, LockOptions};
+///
+/// let locks = LockManager::memory();
+/// let options = LockOptions::new().lease(Duration::from_secs(3)).timeout(Duration::from_secs(1));
+/// let left = locks
+///     .run(&LockKey::new("invoice").part(42), options, async {
+///         Ok::<_, lock_guard::LockError>(
+///             lock_guard::section_deadline().map(|d| d - tokio::time::Instant::now()),
+///         )
+///     })
+///     .await?;
+/// assert!(left.is_some_and(|left| left <= Duration::from_secs(1)));
+/// assert!(lock_guard::section_deadline().is_none()); // no lock held here
+/// # Ok(())
+/// # }
+/// ```
+pub fn section_deadline() -> Option<Instant> {
+    let mut node = current();
+    let mut earliest: Option<Instant> = None;
+    while let Some(h) = node {
+        let mut at = h.validity.get();
+        if let Some(t) = h.timeout_at {
+            at = at.min(t);
+        }
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        node = h.parent.clone();
+    }
+    earliest
+}

@@ -167,13 +167,19 @@ mod key;
 mod lease;
 mod manager;
 mod options;
+#[cfg(any(
+    feature = "sqlx-postgres",
+    feature = "sqlx-sqlite",
+    feature = "sqlx-any"
+))]
+pub mod sqlx;
 mod waiting;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use context::{fence, fencing_token};
+pub use context::{fence, fencing_token, section_deadline};
 pub use error::{BackendError, LockError};
 pub use guard::{Fence, LockGuard};
 pub use key::{KeyParts, LockKey, Unordered, unordered};

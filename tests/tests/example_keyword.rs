@@ -3,8 +3,10 @@
 //! PostgreSQL (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`; a missing
 //! PostgreSQL fails these tests, it does not skip them).
 //!
-//! The unguarded route must show the race (duplicates or failed requests), the guarded one must
-//! show neither; and the HTTP answers must be those of the issue: 201, 200, 409, 503, 400.
+//! The unguarded route must show the race (duplicates or failed requests), the guarded and the
+//! fenced ones must show neither; and the HTTP answers must be those of the issue: 201, 200, 409,
+//! 503, 400. With the `--stall-commit` fault (the first instance's `COMMIT`s land after the body's
+//! deadline), the guarded route stores duplicates and the fenced one none.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use lock_guard_examples::instance::Instance;
 use lock_guard_examples::keyword::{
     DEFAULT_WORK, KeywordService, MAX_KEYWORD_CHARS, StoredKeyword,
 };
-use lock_guard_examples::setup::start_instances;
+use lock_guard_examples::setup::{start_instances, start_instances_stalling};
 use lock_guard_examples::{reqwest, serde_json};
 use lock_guard_tests::RedisServer;
 use reqwest::StatusCode;
@@ -48,8 +50,8 @@ async fn postgres() -> Db {
     db
 }
 
-/// The two phases of the demo on `instances` instances of `db`, one manager each.
-async fn demo(db: &Db, managers: &[LockManager]) -> (PhaseReport, PhaseReport) {
+/// The three phases of the demo on `instances` instances of `db`, one manager each.
+async fn demo(db: &Db, managers: &[LockManager]) -> (PhaseReport, PhaseReport, PhaseReport) {
     let instances = start_instances(db, managers, DEFAULT_WORK)
         .await
         .expect("start the instances");
@@ -62,31 +64,43 @@ async fn demo(db: &Db, managers: &[LockManager]) -> (PhaseReport, PhaseReport) {
         .run_phase(Route::Guarded, &PLAN, 1_001, |_| {})
         .await
         .expect("guarded phase");
+    let fenced = driver
+        .run_phase(Route::Fenced, &PLAN, 2_001, |_| {})
+        .await
+        .expect("fenced phase");
     for instance in instances {
         instance.stop().await.expect("stop an instance");
     }
-    (unguarded, guarded)
+    (unguarded, guarded, fenced)
 }
 
-fn assert_race_then_exact(unguarded: &PhaseReport, guarded: &PhaseReport, instances: usize) {
-    let shown = table(&[unguarded.clone(), guarded.clone()]);
-    for r in [unguarded, guarded] {
+fn assert_race_then_exact(
+    unguarded: &PhaseReport,
+    guarded: &PhaseReport,
+    fenced: &PhaseReport,
+    instances: usize,
+) {
+    let shown = table(&[unguarded.clone(), guarded.clone(), fenced.clone()]);
+    for r in [unguarded, guarded, fenced] {
         assert_eq!(r.requests, PLAN.requests(instances), "{shown}");
     }
     assert!(
         unguarded.duplicates() + unguarded.errors() > 0,
         "the unguarded check-then-insert should have raced (duplicates or errors):\n{shown}"
     );
-    assert_eq!(guarded.duplicates(), 0, "guarded duplicates:\n{shown}");
-    assert_eq!(
-        guarded.errors(),
-        0,
-        "guarded errors (first: {:?}):\n{shown}",
-        guarded.first_error
-    );
-    // Every (user, keyword) stored exactly once, by exactly one 201.
-    assert_eq!(guarded.rows, PLAN.distinct(), "{shown}");
-    assert_eq!(guarded.outcomes.created, PLAN.distinct(), "{shown}");
+    for r in [guarded, fenced] {
+        let name = r.route.name();
+        assert_eq!(r.duplicates(), 0, "{name} duplicates:\n{shown}");
+        assert_eq!(
+            r.errors(),
+            0,
+            "{name} errors (first: {:?}):\n{shown}",
+            r.first_error
+        );
+        // Every (user, keyword) stored exactly once, by exactly one 201.
+        assert_eq!(r.rows, PLAN.distinct(), "{shown}");
+        assert_eq!(r.outcomes.created, PLAN.distinct(), "{shown}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,8 +108,8 @@ async fn embedded_sqlite_with_redis_stores_each_keyword_once_only_when_guarded()
     let server = RedisServer::start();
     let managers = [server.manager().await, server.manager().await];
     let db = Db::embedded().await.expect("embedded SQLite");
-    let (unguarded, guarded) = demo(&db, &managers).await;
-    assert_race_then_exact(&unguarded, &guarded, managers.len());
+    let (unguarded, guarded, fenced) = demo(&db, &managers).await;
+    assert_race_then_exact(&unguarded, &guarded, &fenced, managers.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,9 +121,9 @@ async fn postgres_with_redis_stores_each_keyword_once_only_when_guarded() {
         server.manager().await,
     ];
     let db = postgres().await;
-    let (unguarded, guarded) = demo(&db, &managers).await;
+    let (unguarded, guarded, fenced) = demo(&db, &managers).await;
     db.drop_tables().await.expect("drop the demo tables");
-    assert_race_then_exact(&unguarded, &guarded, managers.len());
+    assert_race_then_exact(&unguarded, &guarded, &fenced, managers.len());
 }
 
 /// The example's default setup: no server at all, two instances sharing one memory manager.
@@ -118,8 +132,91 @@ async fn embedded_sqlite_with_one_shared_memory_manager() {
     let shared = LockManager::memory();
     let managers = [shared.clone(), shared];
     let db = Db::embedded().await.expect("embedded SQLite");
-    let (unguarded, guarded) = demo(&db, &managers).await;
-    assert_race_then_exact(&unguarded, &guarded, managers.len());
+    let (unguarded, guarded, fenced) = demo(&db, &managers).await;
+    assert_race_then_exact(&unguarded, &guarded, &fenced, managers.len());
+}
+
+/// `--stall-commit` on PostgreSQL: the first instance's `COMMIT`s reach the database 2.5 s late,
+/// after the body's 2 s deadline. With the lock alone, a later holder's check-then-insert runs
+/// before that `COMMIT` lands: duplicates. Fenced: none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stalled_commits_duplicate_rows_when_guarded_and_not_when_fenced() {
+    const STALL_PLAN: BurstPlan = BurstPlan {
+        bursts: 2,
+        users: 8,
+        keywords: 1,
+        copies: 2,
+    };
+    let server = RedisServer::start();
+    let managers = [server.manager().await, server.manager().await];
+    let db = postgres().await;
+    let instances = start_instances_stalling(
+        &db,
+        &managers,
+        DEFAULT_WORK,
+        Some(Duration::from_millis(2500)),
+    )
+    .await
+    .expect("start the instances");
+    let driver = Driver::new(instances.iter().map(Instance::url).collect());
+    let guarded = driver
+        .run_phase(Route::Guarded, &STALL_PLAN, 1, |_| {})
+        .await
+        .expect("guarded phase");
+    let fenced = driver
+        .run_phase(Route::Fenced, &STALL_PLAN, 1_001, |_| {})
+        .await
+        .expect("fenced phase");
+    for instance in instances {
+        instance.stop().await.expect("stop an instance");
+    }
+    // The late COMMITs of the last burst: wait until no session is inside a transaction.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sqlx_busy(&db).await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let guarded = driver_recount(&db, guarded, 1, &STALL_PLAN).await;
+    let fenced = driver_recount(&db, fenced, 1_001, &STALL_PLAN).await;
+    db.drop_tables().await.expect("drop the demo tables");
+    let shown = table(&[guarded.clone(), fenced.clone()]);
+    assert!(
+        guarded.duplicates() > 0,
+        "the late COMMITs should have duplicated rows under the lock alone:\n{shown}"
+    );
+    assert_eq!(fenced.duplicates(), 0, "{shown}");
+    assert!(fenced.rows > 0, "{shown}");
+}
+
+/// Sessions of the demo database inside a transaction.
+async fn sqlx_busy(db: &Db) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// `report` with its rows counted again from the table (late COMMITs land after the phase).
+async fn driver_recount(
+    db: &Db,
+    mut report: PhaseReport,
+    first_user: i64,
+    plan: &BurstPlan,
+) -> PhaseReport {
+    let t = &db.tables().keywords;
+    let (rows, distinct): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT COUNT(*), COUNT(DISTINCT (user_id, keyword)) FROM {t} WHERE user_id >= $1 AND user_id < $2"
+    ))
+    .bind(first_user)
+    .bind(first_user + plan.users as i64)
+    .fetch_one(db.pool())
+    .await
+    .expect("count rows");
+    report.rows = rows as usize;
+    report.distinct = distinct as usize;
+    report
 }
 
 /// A client, and the URL of the keyword route of `user`.
@@ -208,7 +305,7 @@ async fn http_answers_201_200_409_503_and_400() {
         );
     }
 
-    // 409 naming the error when the lock stays held for the whole wait (2 s).
+    // 409 naming the error when the lock stays held for the whole wait (3 s).
     let held = locks
         .lock(
             &LockKey::new("keyword").part(8),
@@ -227,7 +324,7 @@ async fn http_answers_201_200_409_503_and_400() {
         error.message
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
+        started.elapsed() >= Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
