@@ -40,10 +40,10 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use super::protocol::{self, Landing};
 use super::redis::{RedisBackend, RedisConfig};
 use super::redlock_subscriptions::Fanout;
 use super::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
-use crate::background;
 use crate::error::{BackendError, LockError};
 use crate::lease;
 use crate::waiting::Waiters;
@@ -132,6 +132,7 @@ impl RedlockBackend {
             nodes: &self.nodes,
             keys,
             token: &value,
+            lease: req.lease,
             granted: Vec::with_capacity(self.nodes.len()),
             armed: true,
         };
@@ -308,6 +309,7 @@ struct Fuse<'a> {
     nodes: &'a Arc<[RedisBackend]>,
     keys: &'a Keys,
     token: &'a str,
+    lease: Duration,
     granted: Vec<usize>,
     armed: bool,
 }
@@ -335,13 +337,24 @@ impl Drop for Fuse<'_> {
         if !self.armed || self.granted.is_empty() {
             return;
         }
-        let nodes = self.nodes.clone();
-        let keys = self.keys.clone();
-        let token = self.token.to_owned();
-        let granted = std::mem::take(&mut self.granted);
-        background::spawn(async move {
-            join_all(granted.iter().map(|&i| nodes[i].release(&keys, &token))).await;
-        });
+        // Until the longest lease the try asked for has run out, at most.
+        let give_up = Instant::now() + self.lease;
+        let key: Arc<str> = self.keys.lock.clone();
+        let keys = Arc::new(self.keys.clone());
+        let token: Arc<str> = self.token.into();
+        for i in std::mem::take(&mut self.granted) {
+            let (nodes, keys, token) = (self.nodes.clone(), keys.clone(), token.clone());
+            protocol::release_in_background(
+                key.clone(),
+                "Redlock: giving back a node of an abandoned try",
+                give_up,
+                Landing::Before,
+                move |_| {
+                    let (nodes, keys, token) = (nodes.clone(), keys.clone(), token.clone());
+                    Box::pin(async move { nodes[i].release(&keys, &token).await })
+                },
+            );
+        }
     }
 }
 

@@ -12,15 +12,13 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::{ErrorKind, Pipeline, ServerErrorKind};
+use redis::Value;
 use tokio::time::Instant;
 
-use super::node::{AcquireArgs, acquire_reply};
-use super::scripts::scripts;
 use super::{Fuse, RedisBackend};
+use crate::backend::protocol::{self, ScriptCall, Sending};
 use crate::backend::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
 use crate::error::LockError;
 
@@ -43,8 +41,6 @@ impl Replicated {
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let node = &self.node;
         let keys = req.keys;
-        let acquire_args = AcquireArgs::new(&req);
-        let wait_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let sent_on = Mutex::new(None);
         let mut fuse = Fuse {
             backend: node,
@@ -54,55 +50,33 @@ impl Replicated {
             sent_on: &sent_on,
             armed: true,
         };
-        let names = [&*keys.lock, keys.fence.as_str(), keys.queue.as_str()];
         let counters = &node.counters;
+        let (wanted, wait) = (self.wanted, self.timeout);
         let sent = Instant::now();
-        let ((taken, value), acked): ((i64, i64), i64) = node
+        let values = node
             .conns
             .call(Some(&keys.lock), "acquire and WAIT", |c, retry| {
-                let mut conn = c.conn.clone();
+                let conn = c.conn.clone();
                 *super::lock(&sent_on) = Some(conn.clone());
-                let mut args: Vec<&[u8]> = acquire_args.get(&req).to_vec();
-                if retry {
-                    // The first request may have been applied before its connection died.
-                    args.push(b"r");
-                }
-                let pipeline = |eval: bool| {
-                    let mut p = Pipeline::with_capacity(2);
-                    p.add_command(scripts().acquire.command(eval, &names, &args));
-                    p.cmd("WAIT").arg(self.wanted).arg(wait_ms);
-                    p
-                };
-                let (first, reload) = (pipeline(false), pipeline(true));
+                // A resend: the first request may have been applied before its connection died.
+                let call =
+                    ScriptCall::acquire(&req, if retry { Sending::Again } else { Sending::Once });
                 async move {
-                    counters.commands.fetch_add(1, Ordering::Relaxed);
-                    match first.query_async(&mut conn).await {
-                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                            counters.commands.fetch_add(1, Ordering::Relaxed);
-                            reload.query_async(&mut conn).await
-                        }
-                        other => other,
-                    }
+                    protocol::acquire_and_wait(&call, wanted, wait, counters, |p| {
+                        let mut conn = conn.clone();
+                        async move { p.query_async::<Vec<Value>>(&mut conn).await }
+                    })
+                    .await
                 }
             })
             .await?;
         fuse.armed = false;
-        if taken != 1 {
-            return acquire_reply(keys, (taken, value), sent, req.lease);
+        let ((taken, value), acked) = protocol::acquired_and_acked(keys, values)?;
+        if taken == 1 && acked < wanted {
+            let release = node.release(keys, req.token);
+            return Err(protocol::not_replicated(keys, acked, wanted, release).await);
         }
-        let acked = u64::try_from(acked).unwrap_or(0);
-        if acked < self.wanted {
-            if let Err(e) = node.release(keys, req.token).await {
-                // The lease frees it.
-                tracing::warn!(key = %keys.lock, error = %e, "could not release an unreplicated lock");
-            }
-            return Err(LockError::NotReplicated {
-                key: keys.lock.to_string(),
-                acked,
-                wanted: self.wanted,
-            });
-        }
-        acquire_reply(keys, (taken, value), sent, req.lease)
+        protocol::acquire_reply(keys, (taken, value), sent, req.lease)
     }
 }
 
