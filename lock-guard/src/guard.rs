@@ -39,14 +39,6 @@ impl Token {
         Token(out)
     }
 
-    /// The token `s` (32 hex digits) as issued by [`Token::new`].
-    pub(crate) fn from_str(s: &str) -> Token {
-        let mut t = [b'0'; 32];
-        let n = s.len().min(32);
-        t[..n].copy_from_slice(&s.as_bytes()[..n]);
-        Token(t)
-    }
-
     pub(crate) fn as_str(&self) -> &str {
         // Only ASCII hex digits are ever written.
         std::str::from_utf8(&self.0).unwrap_or_default()

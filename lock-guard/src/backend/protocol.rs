@@ -281,6 +281,7 @@ pub(crate) enum Landing {
     Before,
     /// The grant may still land after the release (a resent request, no hold on the connection):
     /// release once more after this long, when it has surely landed or failed.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     MaybeAfter(Duration),
 }
 
