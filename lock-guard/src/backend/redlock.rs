@@ -369,10 +369,19 @@ impl Backend for RedlockBackend {
         token: &'a str,
     ) -> BoxFuture<'a, Result<bool, LockError>> {
         Box::pin(async move {
-            let value = lock(&self.held).remove(token);
-            let value = value.as_deref().unwrap_or(token);
-            self.on_all(&keys.lock, move |n| n.release(keys, value))
-                .await
+            // The value stays known until a release has answered: a release that did not (cut,
+            // cancelled, failed) is retried in the background with the same owner token, and must
+            // still find the value the nodes hold.
+            let value = lock(&self.held).get(token).cloned();
+            let r = {
+                let value = value.as_deref().unwrap_or(token);
+                self.on_all(&keys.lock, move |n| n.release(keys, value))
+                    .await
+            };
+            if r.is_ok() {
+                lock(&self.held).remove(token);
+            }
+            r
         })
     }
 
