@@ -21,6 +21,8 @@
 //!
 //! **Replica acknowledgement.** With `wait_for_replicas`, the acquire script and `WAIT` go out as
 //! one pipeline routed to the master of the lock's slot, so `WAIT` counts that master's replicas.
+//! `WAIT` blocks its connection, so each such acquisition goes on a cluster connection of its own
+//! (kept for the next one once it is done); releases and renewals never queue behind a `WAIT`.
 //!
 //! **Fencing across a failover.** Tokens are the larger of the slot's counter + 1 and the master's
 //! clock in microseconds (`TIME`). A promoted replica that missed the last acquisitions has a stale
@@ -61,6 +63,37 @@ pub(crate) struct ClusterBackend {
     timeout: Duration,
     shown_urls: Vec<String>,
     replicas: Option<(u64, Duration)>,
+    /// With `replicas`: connections for acquisitions, one per acquisition in flight (`WAIT`
+    /// blocks its connection; releases and renewals go on `conn`, never behind a `WAIT`).
+    acks: Option<Arc<AckConnections>>,
+}
+
+/// Idle cluster connections for acquisitions that wait for replicas; a new one is opened when none
+/// is idle (it reads the slot map: one more round trip, only then).
+struct AckConnections {
+    client: redis::cluster::ClusterClient,
+    idle: std::sync::Mutex<Vec<ClusterConnection>>,
+}
+
+/// At most this many idle acknowledgement connections are kept.
+const IDLE_ACK_CONNECTIONS: usize = 32;
+
+impl AckConnections {
+    async fn take(&self) -> Result<ClusterConnection, RedisError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.client.get_async_connection().await,
+        }
+    }
+
+    /// A connection whose call finished: ready for the next one.
+    fn give_back(&self, conn: ClusterConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_ACK_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
 }
 
 impl ClusterBackend {
@@ -100,6 +133,12 @@ impl ClusterBackend {
             timeout: config.timeout,
             shown_urls: config.shown_urls,
             replicas: config.replicas,
+            acks: config.replicas.map(|_| {
+                Arc::new(AckConnections {
+                    client: config.client,
+                    idle: std::sync::Mutex::new(Vec::new()),
+                })
+            }),
         })
     }
 
@@ -181,15 +220,25 @@ impl ClusterBackend {
     ) -> Result<((i64, i64), u64), LockError> {
         let route =
             SingleNodeRoutingInfo::SpecificNode(Route::with_key(&*keys.lock, SlotAddr::Master));
-        let conn = self.conn.clone();
         let counters = &self.counters;
+        let acks = self.acks.as_ref();
+        let main = &self.conn;
         let values = self
             .bounded(&keys.lock, "acquire and WAIT", async move {
-                protocol::acquire_and_wait(call, wanted, wait, counters, |p| {
+                // A connection of its own (a dropped call's connection is not reused).
+                let conn = match acks {
+                    Some(acks) => acks.take().await?,
+                    None => main.clone(),
+                };
+                let values = protocol::acquire_and_wait(call, wanted, wait, counters, |p| {
                     let (mut conn, route) = (conn.clone(), route.clone());
                     async move { conn.route_pipeline(p, 0, 2, route).await }
                 })
-                .await
+                .await?;
+                if let Some(acks) = acks {
+                    acks.give_back(conn);
+                }
+                Ok(values)
             })
             .await?;
         protocol::acquired_and_acked(keys, values)

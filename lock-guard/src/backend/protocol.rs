@@ -133,7 +133,10 @@ impl<'a> ScriptCall<'a> {
     /// The acquire call and `WAIT wanted wait` as one pipeline (`WAIT` counts the replicas that
     /// have the connection's writes up to and including the script's).
     fn with_wait(&self, eval: bool, wanted: u64, wait: Duration) -> Pipeline {
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        // Whole milliseconds, rounded up: `WAIT n 0` would wait forever.
+        let wait_ms = u64::try_from(wait.as_micros().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut p = Pipeline::with_capacity(2);
         p.add_command(self.command(eval));
         p.cmd("WAIT").arg(wanted).arg(wait_ms);

@@ -8,7 +8,9 @@
 //! replica; it does not make replication synchronous (a replica may still be promoted without it).
 //!
 //! `WAIT` holds up the commands behind it on the same connection until the replicas answer or its
-//! timeout passes, so its timeout must stay below the command timeout.
+//! timeout passes, so its timeout must stay below the command timeout, and each acquisition takes a
+//! connection of its own (releases and renewals go on the shared ones, never behind a `WAIT`).
+//! A timeout below a millisecond is sent as one millisecond (`WAIT n 0` would wait forever).
 
 use std::fmt;
 use std::sync::Mutex;
@@ -17,25 +19,39 @@ use std::time::Duration;
 use redis::Value;
 use tokio::time::Instant;
 
+use super::conn::Connections;
 use super::{Fuse, RedisBackend};
 use crate::backend::protocol::{self, ScriptCall, Sending};
 use crate::backend::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
 use crate::error::LockError;
 
+/// At most this many acquisitions wait for replicas at once (each on a connection of its own);
+/// more wait for a connection, within the command timeout.
+const ACK_CONNECTIONS: usize = 32;
+
 /// A single-server backend whose acquisitions wait for `wanted` replicas, at most `timeout`.
 pub(crate) struct Replicated {
     node: RedisBackend,
+    /// Connections for acquisitions, one per acquisition in flight: `WAIT` blocks its connection,
+    /// and releases and renewals (on the node's shared connections) must not queue behind it.
+    acks: Connections,
     wanted: u64,
     timeout: Duration,
 }
 
 impl Replicated {
-    pub(crate) fn new(node: RedisBackend, wanted: u64, timeout: Duration) -> Self {
-        Replicated {
+    pub(crate) fn new(
+        node: RedisBackend,
+        wanted: u64,
+        timeout: Duration,
+    ) -> Result<Self, LockError> {
+        let acks = node.conns.exclusive_pool(ACK_CONNECTIONS)?;
+        Ok(Replicated {
             node,
+            acks,
             wanted,
             timeout,
-        }
+        })
     }
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
@@ -53,10 +69,9 @@ impl Replicated {
         let counters = &node.counters;
         let (wanted, wait) = (self.wanted, self.timeout);
         let sent = Instant::now();
-        let values = node
-            .conns
-            .call(Some(&keys.lock), "acquire and WAIT", |c, retry| {
-                let conn = c.conn.clone();
+        let values = self
+            .acks
+            .exclusive(Some(&keys.lock), "acquire and WAIT", |conn, retry| {
                 *super::lock(&sent_on) = Some(conn.clone());
                 // A resend: the first request may have been applied before its connection died.
                 let call =
