@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backend::protocol::{self, Landing};
 use crate::backend::{Backend, Keys};
-use crate::background;
 use crate::error::LockError;
 
 /// A 128-bit owner token, as 32 hex digits: 64 random bits per process and a 64-bit counter mixed
@@ -37,14 +37,6 @@ impl Token {
             *byte = b"0123456789abcdef"[((digits >> (124 - 4 * i)) & 0xf) as usize];
         }
         Token(out)
-    }
-
-    /// The token `s` (32 hex digits) as issued by [`Token::new`].
-    pub(crate) fn from_str(s: &str) -> Token {
-        let mut t = [b'0'; 32];
-        let n = s.len().min(32);
-        t[..n].copy_from_slice(&s.as_bytes()[..n]);
-        Token(t)
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -207,30 +199,21 @@ impl Drop for LockGuard {
             return;
         };
         // Dropped while held: the caller gave up the future, the body panicked, or a release did
-        // not complete (sending it again is harmless: it is owner-checked).
+        // not complete (sending it again is harmless: it is owner-checked). Nothing renews the
+        // lease any more: by then it has freed the lock anyway.
         let key = h.keys.lock.clone();
-        // Nothing renews the lease any more: by then it has freed the lock anyway.
         let give_up = Instant::now() + h.lease;
-        let spawned = background::spawn(async move {
-            let mut pause = Duration::from_millis(10);
-            loop {
-                match h.backend.release(&h.keys, h.token.as_str()).await {
-                    Ok(released) => {
-                        tracing::debug!(key = %h.keys.lock, released, "released in the background");
-                        return;
-                    }
-                    Err(e) if Instant::now() + pause >= give_up => {
-                        tracing::warn!(key = %h.keys.lock, error = %e, "release failed; the lease will free the lock");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(key = %h.keys.lock, error = %e, "release failed; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
-        });
+        let h = Arc::new(h);
+        let spawned = protocol::release_in_background(
+            key.clone(),
+            "dropped guard",
+            give_up,
+            Landing::Before,
+            move |_| {
+                let h = h.clone();
+                Box::pin(async move { h.backend.release(&h.keys, h.token.as_str()).await })
+            },
+        );
         if !spawned {
             tracing::warn!(%key, "dropped guard not released; the lease will free the lock");
         }

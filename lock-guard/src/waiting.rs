@@ -82,7 +82,9 @@ struct KeyQueue {
 struct Waiter {
     /// The owner token this waiter will take the lock with: a release that hands the lock to
     /// another process names that process's token, and this head then need not ask.
-    token: [u8; 32],
+    /// It changes only when the call's try was given back (a late grant) and the next try goes out
+    /// under a fresh owner token ([`Place::set_token`]).
+    token: Mutex<[u8; 32]>,
     /// Whether this waiter, as head, has registered in the key's queue of waiting processes.
     registered: AtomicBool,
     /// Whether this waiter counts as waiting ([`Waiters::len`]): it joined behind others, or its
@@ -146,13 +148,7 @@ impl Waiters {
     /// Joins the queue of `channel` at the back (at the head if the queue was empty).
     pub(crate) fn join(self: &Arc<Self>, channel: &Arc<str>, token: &str) -> Place {
         let waiter = Arc::new(Waiter {
-            token: {
-                // Owner tokens are 32 hex digits; a shorter one is zero-padded.
-                let mut t = [0u8; 32];
-                let n = token.len().min(32);
-                t[..n].copy_from_slice(&token.as_bytes()[..n]);
-                t
-            },
+            token: Mutex::new(padded(token)),
             registered: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             confirming: AtomicBool::new(false),
@@ -195,7 +191,8 @@ impl Waiters {
         let Some(head) = q.waiters.front() else {
             return;
         };
-        let ours = head.token.as_slice();
+        let ours = *lock(&head.token);
+        let ours = ours.as_slice();
         q.contended = (!to.is_empty() && to != ours) || (!after.is_empty() && after != ours);
         if to.is_empty() || to == ours || !head.registered.load(Ordering::Acquire) {
             // Freed, or reserved for this head, or a head that has not registered yet (its try
@@ -275,6 +272,12 @@ impl Place {
         if let Some(q) = self.waiters.map(&self.channel).get_mut(&self.channel) {
             q.retry_at = at;
         }
+    }
+
+    /// The call's next try goes out under a fresh owner token (its last grant was given back): a
+    /// release must find this waiter by the new one.
+    pub(crate) fn set_token(&self, token: &str) {
+        *lock(&self.waiter.token) = padded(token);
     }
 
     /// Waits for a wake-up; returns whether it asks to try now.
@@ -384,6 +387,14 @@ impl Place {
             }
         }
     }
+}
+
+/// Owner tokens are 32 hex digits; a shorter one is zero-padded.
+fn padded(token: &str) -> [u8; 32] {
+    let mut t = [0u8; 32];
+    let n = token.len().min(32);
+    t[..n].copy_from_slice(&token.as_bytes()[..n]);
+    t
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

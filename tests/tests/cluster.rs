@@ -685,3 +685,76 @@ async fn acl_cluster_takes_locks_with_the_urls_credentials() {
     assert!(err.is_backend(), "{err:?}");
     assert!(!err.to_string().contains("wrong@"), "{err}");
 }
+
+/// With `wait_for_replicas`, a release is never queued behind other acquisitions' `WAIT` on the
+/// same master: the replica of a key's master is frozen, acquisitions of other keys of that master
+/// each `WAIT` their whole timeout (800 ms), and a lock taken before is released meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_not_held_up_by_other_acquisitions_wait() {
+    let cluster = RedisCluster::start().await;
+    let plain = cluster.manager().await;
+    let wait = Duration::from_millis(800);
+    let acked = LockManager::builder()
+        .cluster(cluster.urls())
+        .command_timeout(Duration::from_secs(2))
+        .wait_for_replicas(1, wait)
+        .build()
+        .await
+        .unwrap();
+    let master_of = |k: usize| {
+        let plain = &plain;
+        let cluster = &cluster;
+        async move {
+            let slot = cluster.slot(&plain.redis_key(&key(k))).await;
+            cluster.master_of(slot).await.port()
+        }
+    };
+    let master = master_of(0).await;
+    let mut others = Vec::new();
+    let mut k = 1;
+    while others.len() < 4 {
+        if master_of(k).await == master {
+            others.push(k);
+        }
+        k += 1;
+    }
+    let replica = cluster.replica_of(node(&cluster, master)).await.port();
+    let held = acked
+        .lock(&key(0), LockOptions::new())
+        .await
+        .expect("acknowledged");
+    node(&cluster, replica).freeze();
+    let tries: Vec<_> = others
+        .iter()
+        .map(|&k| {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .lock(&key(k), LockOptions::new().wait(Duration::ZERO))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let released = held.release().await;
+    let took = start.elapsed();
+    let mut results = Vec::new();
+    for t in tries {
+        results.push(t.await.unwrap());
+    }
+    node(&cluster, replica).thaw();
+    eprintln!(
+        "cluster: release took {took:?} behind other acquisitions' WAIT; their results: {results:?}"
+    );
+    assert!(matches!(released, Ok(true)), "{released:?}");
+    assert!(
+        took < Duration::from_millis(300),
+        "a release waited {took:?} behind other acquisitions' WAIT ({wait:?})"
+    );
+    // Each acquisition waited on its own, not behind the others' WAITs (which would add up past
+    // the command timeout).
+    for r in results {
+        assert!(matches!(r, Err(LockError::NotReplicated { .. })), "{r:?}");
+    }
+}

@@ -638,3 +638,101 @@ async fn unconfirmed_subscription_does_not_double_the_wait_overrun() {
     .measured(&format!("worst overrun past `wait` {} (3 rounds)", ms(worst)))
     .print();
 }
+
+/// The EVALSHA hash of one of the library's scripts, to trap its calls in the proxy.
+fn script_hash(source: &str) -> String {
+    redis::Script::new(source).get_hash().to_owned()
+}
+
+/// A grant whose reply comes back after the lease's validity is given back, and the call goes on
+/// trying. The give-back must never delete the grant of a later try of the same call: here the
+/// give-back's release is held in the proxy while the next try is granted, then let through. The
+/// lock must still be the caller's afterwards — another manager is refused while the caller's
+/// guard is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_grant_give_back_never_deletes_the_next_grant() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port());
+    let a = LockManager::builder()
+        .url(&proxy.url())
+        .command_timeout(Duration::from_secs(5))
+        .pool_size(2)
+        .build()
+        .await
+        .unwrap();
+    let direct = server.manager().await;
+    let acquire = script_hash(include_str!("../../lock-guard/src/scripts/acquire.lua"));
+    let release = script_hash(include_str!("../../lock-guard/src/scripts/release.lua"));
+    let lease = Duration::from_secs(2);
+    let mut two_holders = 0;
+    let rounds = 3;
+    for round in 0..rounds {
+        let key = LockKey::new("late-grant").part(round);
+        // Both pooled connections open, both scripts cached.
+        for _ in 0..2 {
+            a.lock(&key, LockOptions::new().wait(Duration::ZERO))
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        let sprung = proxy.trapped();
+        // The next acquisition's reply is held past the lease: the grant is late.
+        proxy.trap(Direction::Down, acquire.as_bytes());
+        let call = tokio::spawn({
+            let (a, key) = (a.clone(), key.clone());
+            async move {
+                a.lock(
+                    &key,
+                    LockOptions::new()
+                        .wait(Duration::from_secs(10))
+                        .lease(lease),
+                )
+                .await
+            }
+        });
+        eventually(
+            Duration::from_secs(2),
+            "the acquisition's reply trapped",
+            || {
+                let n = proxy.trapped();
+                async move { n > sprung }
+            },
+        )
+        .await;
+        sleep(lease + Duration::from_millis(300)).await;
+        // Let the late reply through, and hold the give-back that follows it.
+        proxy.trap(Direction::Up, release.as_bytes());
+        let guard = timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call ends")
+            .unwrap()
+            .expect("a later try takes the lock");
+        assert_eq!(proxy.trapped(), sprung + 2, "the give-back was not held");
+        // The give-back reaches Redis now, after the later try's grant.
+        proxy.free_trapped();
+        sleep(Duration::from_millis(200)).await;
+        let other = direct
+            .lock(&key, LockOptions::new().wait(Duration::ZERO))
+            .await;
+        assert!(
+            Instant::now() < guard.valid_until(),
+            "the check came after the guard's validity (machine too slow): inconclusive"
+        );
+        match other {
+            Err(LockError::NotAcquired { .. }) => {}
+            Ok(g) => {
+                two_holders += 1;
+                g.release().await.unwrap();
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        let _ = guard.release().await;
+    }
+    eprintln!("late grant: two holders in {two_holders} of {rounds} rounds");
+    assert_eq!(
+        two_holders, 0,
+        "two holders in {two_holders} of {rounds} rounds"
+    );
+}

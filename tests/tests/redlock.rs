@@ -527,3 +527,82 @@ async fn uncontended_acquisitions_need_no_fence_write_back() {
         "{sent} commands for {ROUNDS} acquisitions and releases"
     );
 }
+
+/// A Redlock release cut in flight still completes: the release's requests to two of three nodes
+/// are held in proxies, the caller gives up on it (its future is dropped), the held requests are
+/// lost with their connections. The background release that follows must remove the lock from
+/// those nodes — another manager takes it long before the lease (10 s) would free it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_cut_in_flight_still_completes() {
+    use lock_guard_tests::{Direction, Proxy};
+    let servers = servers(3);
+    let proxies: Vec<Proxy> = servers.iter().map(|s| Proxy::start(s.port())).collect();
+    let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
+    let a = LockManager::builder()
+        .redlock(&urls)
+        .command_timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("a Redlock manager");
+    let b = manager(&servers).await;
+    let lease = Duration::from_secs(10);
+    let mut stranded = 0;
+    let rounds = 3;
+    for round in 0..rounds {
+        let key = LockKey::new("redlock-cut-release").part(round);
+        // Connections open again after the last round's cut, so every node grants in time.
+        for _ in 0..3 {
+            let warm = LockKey::new("redlock-cut-warm").part(round);
+            a.lock(&warm, LockOptions::new())
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        let guard = a.lock(&key, LockOptions::new().lease(lease)).await.unwrap();
+        let name = guard.key().to_owned();
+        for s in &servers[..2] {
+            assert!(exists(s, &name).await, "a proxied node did not grant");
+        }
+        for p in &proxies[..2] {
+            p.stall(Direction::Up, true);
+        }
+        // The release is cancelled while its requests are held.
+        let cut = tokio::time::timeout(Duration::from_millis(100), guard.release()).await;
+        assert!(cut.is_err(), "the release finished through stalled proxies");
+        for p in &proxies[..2] {
+            p.cut_all();
+        }
+        // The cut takes effect on the proxy's own runtime; only then may bytes flow again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for p in &proxies[..2] {
+            p.stall(Direction::Up, false);
+        }
+        for s in &servers[..2] {
+            assert!(exists(s, &name).await, "the cut release reached a node");
+        }
+        let started = Instant::now();
+        match b
+            .lock(
+                &key,
+                LockOptions::new().wait(Duration::from_secs(3)).lease(lease),
+            )
+            .await
+        {
+            Ok(g) => {
+                eprintln!("round {round}: free again after {:?}", started.elapsed());
+                g.release().await.unwrap();
+            }
+            Err(LockError::NotAcquired { waited, .. }) => {
+                eprintln!("round {round}: still held after {waited:?}");
+                stranded += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(
+        stranded, 0,
+        "a cut release left the lock held in {stranded} of {rounds} rounds"
+    );
+}

@@ -189,3 +189,100 @@ async fn replica_configuration_is_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("Redlock"), "{err}");
 }
+
+/// A `WAIT` timeout below one millisecond is still a bound: it must not become `WAIT n 0`, which
+/// waits forever (the call would end only by the command timeout, with a backend error, and block
+/// its connection). With a replica frozen, the call fails with `NotReplicated` within a few
+/// milliseconds of the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_millisecond_wait_timeout_still_bounds_the_wait() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary).await;
+    let locks = LockManager::builder()
+        .url(&primary.url())
+        .command_timeout(Duration::from_secs(2))
+        .wait_for_replicas(1, Duration::from_micros(500))
+        .build()
+        .await
+        .expect("a manager on the primary");
+    // Warm the connections and the script cache while the replica answers.
+    let warm = LockKey::new("replicas").part("sub-ms-warm");
+    if let Ok(g) = locks.lock(&warm, LockOptions::new()).await {
+        g.release().await.unwrap();
+    }
+    let key = LockKey::new("replicas").part("sub-ms");
+    replica.freeze();
+    let start = Instant::now();
+    let result = locks
+        .lock(&key, LockOptions::new().wait(Duration::ZERO))
+        .await;
+    let took = start.elapsed();
+    replica.thaw();
+    eprintln!("sub-millisecond WAIT timeout: {result:?} after {took:?}");
+    assert!(
+        matches!(
+            result,
+            Err(LockError::NotReplicated {
+                acked: 0,
+                wanted: 1,
+                ..
+            })
+        ),
+        "expected NotReplicated, got {result:?} after {took:?}"
+    );
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+}
+
+/// Releases and renewals are never queued behind another acquisition's `WAIT`: with a replica
+/// frozen, acquisitions of other keys each `WAIT` their whole timeout (800 ms) while a lock taken
+/// before is released — the release must not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_not_held_up_by_other_acquisitions_wait() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary).await;
+    let wait = Duration::from_millis(800);
+    let locks = LockManager::builder()
+        .url(&primary.url())
+        .command_timeout(Duration::from_secs(2))
+        .pool_size(2)
+        .wait_for_replicas(1, wait)
+        .build()
+        .await
+        .expect("a manager on the primary");
+    let mut worst = Duration::ZERO;
+    for round in 0..3 {
+        let held = locks
+            .lock(&LockKey::new("replicas").part("held"), LockOptions::new())
+            .await
+            .expect("acquired while the replica answers");
+        replica.freeze();
+        // Acquisitions of other keys, each waiting for the frozen replica.
+        let others: Vec<_> = (0..4)
+            .map(|i| {
+                let locks = locks.clone();
+                tokio::spawn(async move {
+                    let key = LockKey::new("replicas").part(format!("other-{round}-{i}"));
+                    locks
+                        .lock(&key, LockOptions::new().wait(Duration::ZERO))
+                        .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = Instant::now();
+        let released = held.release().await;
+        let took = start.elapsed();
+        for o in others {
+            let r = o.await.unwrap();
+            assert!(matches!(r, Err(LockError::NotReplicated { .. })), "{r:?}");
+        }
+        replica.thaw();
+        assert!(matches!(released, Ok(true)), "{released:?}");
+        eprintln!("round {round}: release took {took:?} behind other acquisitions' WAIT");
+        worst = worst.max(took);
+    }
+    assert!(
+        worst < Duration::from_millis(300),
+        "a release waited {worst:?} behind other acquisitions' WAIT ({wait:?})"
+    );
+}

@@ -21,6 +21,8 @@
 //!
 //! **Replica acknowledgement.** With `wait_for_replicas`, the acquire script and `WAIT` go out as
 //! one pipeline routed to the master of the lock's slot, so `WAIT` counts that master's replicas.
+//! `WAIT` blocks its connection, so each such acquisition goes on a cluster connection of its own
+//! (kept for the next one once it is done); releases and renewals never queue behind a `WAIT`.
 //!
 //! **Fencing across a failover.** Tokens are the larger of the slot's counter + 1 and the master's
 //! clock in microseconds (`TIME`). A promoted replica that missed the last acquisitions has a stale
@@ -33,15 +35,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use redis::RedisError;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{ErrorKind, Pipeline, RedisError, ServerErrorKind};
 use tokio::time::Instant;
 
-use super::redis::scripts::{Lua, scripts};
-use super::redis::{AcquireArgs, acquire_reply, millis_arg};
-use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
-use crate::background;
+use super::protocol::{self, Landing, ScriptCall, Sending};
+use super::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
 use crate::error::{BackendError, LockError};
 use crate::waiting::Waiters;
 
@@ -65,6 +65,37 @@ pub(crate) struct ClusterBackend {
     timeout: Duration,
     shown_urls: Vec<String>,
     replicas: Option<(u64, Duration)>,
+    /// With `replicas`: connections for acquisitions, one per acquisition in flight (`WAIT`
+    /// blocks its connection; releases and renewals go on `conn`, never behind a `WAIT`).
+    acks: Option<Arc<AckConnections>>,
+}
+
+/// Idle cluster connections for acquisitions that wait for replicas; a new one is opened when none
+/// is idle (it reads the slot map: one more round trip, only then).
+struct AckConnections {
+    client: redis::cluster::ClusterClient,
+    idle: std::sync::Mutex<Vec<ClusterConnection>>,
+}
+
+/// At most this many idle acknowledgement connections are kept.
+const IDLE_ACK_CONNECTIONS: usize = 32;
+
+impl AckConnections {
+    async fn take(&self) -> Result<ClusterConnection, RedisError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.client.get_async_connection().await,
+        }
+    }
+
+    /// A connection whose call finished: ready for the next one.
+    fn give_back(&self, conn: ClusterConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_ACK_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
 }
 
 impl ClusterBackend {
@@ -108,36 +139,26 @@ impl ClusterBackend {
             timeout: config.timeout,
             shown_urls: config.shown_urls,
             replicas: config.replicas,
+            acks: config.replicas.map(|_| {
+                Arc::new(AckConnections {
+                    client: config.client,
+                    idle: std::sync::Mutex::new(Vec::new()),
+                })
+            }),
         })
     }
 
-    /// `EVALSHA`, falling back to `EVAL` on `NOSCRIPT` (each master has its own script cache),
-    /// bounded by the command timeout as a whole, the client's retries included.
+    /// One script call (see [`protocol::eval`]; each master has its own script cache), bounded by
+    /// the command timeout as a whole, the client's retries included.
     async fn eval<T: redis::FromRedisValue>(
         &self,
         key: &str,
-        script: &Lua,
-        keys: &[&str],
-        args: &[&[u8]],
+        call: &ScriptCall<'_>,
     ) -> Result<T, LockError> {
         let mut conn = self.conn.clone();
         let counters = &self.counters;
         self.bounded(key, "script call", async move {
-            counters.commands.fetch_add(1, Ordering::Relaxed);
-            match script
-                .command(false, keys, args)
-                .query_async(&mut conn)
-                .await
-            {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    counters.commands.fetch_add(1, Ordering::Relaxed);
-                    script
-                        .command(true, keys, args)
-                        .query_async(&mut conn)
-                        .await
-                }
-                other => other,
-            }
+            protocol::eval(&mut conn, call, counters).await
         })
         .await
     }
@@ -168,46 +189,30 @@ impl ClusterBackend {
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let keys = req.keys;
-        let acquire_args = AcquireArgs::new(&req);
         let mut fuse = Fuse {
             backend: self,
             keys,
             token: req.token,
             armed: true,
         };
-        let names = [&*keys.lock, keys.fence.as_str(), keys.queue.as_str()];
-        let [a1, a2, a3, a4, a5, a6, a7] = acquire_args.get(&req);
         // Always with the retry flag: the client may resend it (see the module's docs).
-        let args: [&[u8]; 8] = [a1, a2, a3, a4, a5, a6, a7, b"r"];
+        let call = ScriptCall::acquire(&req, Sending::Again);
         let sent = Instant::now();
-        let ((taken, value), acked) = match self.replicas {
-            None => (
-                self.eval(&keys.lock, &scripts().acquire, &names, &args)
-                    .await?,
-                None,
-            ),
+        let reply = match self.replicas {
+            None => self.eval(&keys.lock, &call).await?,
             Some((wanted, wait)) => {
-                let (reply, acked) = self
-                    .acquire_and_wait(keys, &names, &args, wanted, wait)
-                    .await?;
-                (reply, Some((acked, wanted)))
+                let ((taken, value), acked) =
+                    self.acquire_and_wait(keys, &call, wanted, wait).await?;
+                fuse.armed = false;
+                if taken == 1 && acked < wanted {
+                    let release = self.release_token(keys, req.token);
+                    return Err(protocol::not_replicated(keys, acked, wanted, release).await);
+                }
+                (taken, value)
             }
         };
         fuse.armed = false;
-        if let (1, Some((acked, wanted))) = (taken, acked)
-            && acked < wanted
-        {
-            if let Err(e) = self.release_token(keys, req.token).await {
-                // The lease frees it.
-                tracing::warn!(key = %keys.lock, error = %e, "could not release an unreplicated lock");
-            }
-            return Err(LockError::NotReplicated {
-                key: keys.lock.to_string(),
-                acked,
-                wanted,
-            });
-        }
-        acquire_reply(keys, (taken, value), sent, req.lease)
+        protocol::acquire_reply(keys, reply, sent, req.lease)
     }
 
     /// The acquire script and `WAIT wanted wait` in one pipeline to the master of the lock's slot
@@ -215,71 +220,39 @@ impl ClusterBackend {
     async fn acquire_and_wait(
         &self,
         keys: &Keys,
-        names: &[&str],
-        args: &[&[u8]],
+        call: &ScriptCall<'_>,
         wanted: u64,
         wait: Duration,
     ) -> Result<((i64, i64), u64), LockError> {
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let route =
             SingleNodeRoutingInfo::SpecificNode(Route::with_key(&*keys.lock, SlotAddr::Master));
-        let pipeline = |eval: bool| {
-            let mut p = Pipeline::with_capacity(2);
-            p.add_command(scripts().acquire.command(eval, names, args));
-            p.cmd("WAIT").arg(wanted).arg(wait_ms);
-            p
-        };
-        let mut conn = self.conn.clone();
         let counters = &self.counters;
+        let acks = self.acks.as_ref();
+        let main = &self.conn;
         let values = self
             .bounded(&keys.lock, "acquire and WAIT", async move {
-                counters.commands.fetch_add(1, Ordering::Relaxed);
-                // The pipeline answers each command apart: a NOSCRIPT is in the first reply.
-                let values = conn
-                    .route_pipeline(pipeline(false), 0, 2, route.clone())
-                    .await?;
-                let noscript = matches!(
-                    values.first(),
-                    Some(redis::Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript)
-                );
-                if !noscript {
-                    return Ok(values);
+                // A connection of its own (a dropped call's connection is not reused).
+                let conn = match acks {
+                    Some(acks) => acks.take().await?,
+                    None => main.clone(),
+                };
+                let values = protocol::acquire_and_wait(call, wanted, wait, counters, |p| {
+                    let (mut conn, route) = (conn.clone(), route.clone());
+                    async move { conn.route_pipeline(p, 0, 2, route).await }
+                })
+                .await?;
+                if let Some(acks) = acks {
+                    acks.give_back(conn);
                 }
-                counters.commands.fetch_add(1, Ordering::Relaxed);
-                conn.route_pipeline(pipeline(true), 0, 2, route).await
+                Ok(values)
             })
             .await?;
-        let protocol =
-            |what: String| LockError::backend(Some(&keys.lock), BackendError::Protocol(what));
-        let [reply, acked]: [redis::Value; 2] = values
-            .try_into()
-            .map_err(|v: Vec<_>| protocol(format!("{} replies to acquire and WAIT", v.len())))?;
-        let reply = redis::from_redis_value(reply).map_err(|e| protocol(e.to_string()))?;
-        let acked: i64 = redis::from_redis_value(acked).map_err(|e| protocol(e.to_string()))?;
-        Ok((reply, u64::try_from(acked).unwrap_or(0)))
+        protocol::acquired_and_acked(keys, values)
     }
 
     async fn release_token(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
-        self.release_script(keys, token, false).await
-    }
-
-    /// The release script; `abandoned` also takes the token out of the queue (the clean-up after a
-    /// try whose reply never came, which may have registered it).
-    async fn release_script(
-        &self,
-        keys: &Keys,
-        token: &str,
-        abandoned: bool,
-    ) -> Result<bool, LockError> {
-        let handover = millis_arg(HANDOVER);
-        let forget: &[u8] = if abandoned { b"z" } else { b"-" };
         let n: i64 = self
-            .eval(
-                &keys.lock,
-                &scripts().release,
-                &[&keys.lock, &keys.channel, &keys.queue],
-                &[token.as_bytes(), handover.as_bytes(), forget],
-            )
+            .eval(&keys.lock, &ScriptCall::release(keys, token, false))
             .await?;
         Ok(n == 1)
     }
@@ -301,21 +274,40 @@ impl Drop for Fuse<'_> {
         if !self.armed {
             return;
         }
-        let backend = ClusterBackend {
-            conn: self.backend.conn.clone(),
-            counters: self.backend.counters.clone(),
-            timeout: self.backend.timeout,
-            shown_urls: Vec::new(),
-            replicas: None,
-        };
-        let (keys, token) = (self.keys.clone(), self.token.to_owned());
-        background::spawn(async move {
-            let first = backend.release_script(&keys, &token, true).await;
-            tokio::time::sleep(backend.timeout).await;
-            let second = backend.release_script(&keys, &token, true).await;
-            let released = matches!(first, Ok(true)) || matches!(second, Ok(true));
-            tracing::debug!(key = %keys.lock, released, "cleaned up after an abandoned acquisition");
-        });
+        let (conn, counters, timeout) = (
+            self.backend.conn.clone(),
+            self.backend.counters.clone(),
+            self.backend.timeout,
+        );
+        let keys = Arc::new(self.keys.clone());
+        let token: Arc<str> = self.token.into();
+        protocol::release_in_background(
+            keys.lock.clone(),
+            "clean-up after an abandoned acquisition",
+            Instant::now() + timeout * 2,
+            Landing::MaybeAfter(timeout),
+            move |_| {
+                let (mut conn, counters, keys, token) =
+                    (conn.clone(), counters.clone(), keys.clone(), token.clone());
+                Box::pin(async move {
+                    let call = ScriptCall::release(&keys, &token, true);
+                    let work = protocol::eval::<i64, _>(&mut conn, &call, &counters);
+                    match tokio::time::timeout(timeout, work).await {
+                        Ok(Ok(n)) => Ok(n == 1),
+                        Ok(Err(e)) => {
+                            Err(LockError::backend(Some(&keys.lock), BackendError::Redis(e)))
+                        }
+                        Err(_) => Err(LockError::backend(
+                            Some(&keys.lock),
+                            BackendError::Timeout {
+                                what: "release",
+                                timeout,
+                            },
+                        )),
+                    }
+                })
+            },
+        );
     }
 }
 
@@ -339,14 +331,8 @@ impl Backend for ClusterBackend {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, LockError>> {
         Box::pin(async move {
-            let lease_ms = millis_arg(lease);
             let n: i64 = self
-                .eval(
-                    &keys.lock,
-                    &scripts().renew,
-                    &[&keys.lock],
-                    &[token.as_bytes(), lease_ms.as_bytes()],
-                )
+                .eval(&keys.lock, &ScriptCall::renew(keys, token, lease))
                 .await?;
             Ok(n == 1)
         })

@@ -9,6 +9,7 @@
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
 pub(crate) mod memory;
+pub(crate) mod protocol;
 pub(crate) mod redis;
 pub(crate) mod redlock;
 mod redlock_subscriptions;

@@ -40,10 +40,10 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use super::protocol::{self, Landing};
 use super::redis::{RedisBackend, RedisConfig};
 use super::redlock_subscriptions::Fanout;
 use super::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
-use crate::background;
 use crate::error::{BackendError, LockError};
 use crate::lease;
 use crate::waiting::Waiters;
@@ -143,6 +143,7 @@ impl RedlockBackend {
             nodes: &self.nodes,
             keys,
             token: &value,
+            lease: req.lease,
             granted: Vec::with_capacity(self.nodes.len()),
             armed: true,
         };
@@ -319,6 +320,7 @@ struct Fuse<'a> {
     nodes: &'a Arc<[RedisBackend]>,
     keys: &'a Keys,
     token: &'a str,
+    lease: Duration,
     granted: Vec<usize>,
     armed: bool,
 }
@@ -346,13 +348,24 @@ impl Drop for Fuse<'_> {
         if !self.armed || self.granted.is_empty() {
             return;
         }
-        let nodes = self.nodes.clone();
-        let keys = self.keys.clone();
-        let token = self.token.to_owned();
-        let granted = std::mem::take(&mut self.granted);
-        background::spawn(async move {
-            join_all(granted.iter().map(|&i| nodes[i].release(&keys, &token))).await;
-        });
+        // Until the longest lease the try asked for has run out, at most.
+        let give_up = Instant::now() + self.lease;
+        let key: Arc<str> = self.keys.lock.clone();
+        let keys = Arc::new(self.keys.clone());
+        let token: Arc<str> = self.token.into();
+        for i in std::mem::take(&mut self.granted) {
+            let (nodes, keys, token) = (self.nodes.clone(), keys.clone(), token.clone());
+            protocol::release_in_background(
+                key.clone(),
+                "Redlock: giving back a node of an abandoned try",
+                give_up,
+                Landing::Before,
+                move |_| {
+                    let (nodes, keys, token) = (nodes.clone(), keys.clone(), token.clone());
+                    Box::pin(async move { nodes[i].release(&keys, &token).await })
+                },
+            );
+        }
     }
 }
 
@@ -367,10 +380,19 @@ impl Backend for RedlockBackend {
         token: &'a str,
     ) -> BoxFuture<'a, Result<bool, LockError>> {
         Box::pin(async move {
-            let value = lock(&self.held).remove(token);
-            let value = value.as_deref().unwrap_or(token);
-            self.on_all(&keys.lock, move |n| n.release(keys, value))
-                .await
+            // The value stays known until a release has answered: a release that did not (cut,
+            // cancelled, failed) is retried in the background with the same owner token, and must
+            // still find the value the nodes hold.
+            let value = lock(&self.held).get(token).cloned();
+            let r = {
+                let value = value.as_deref().unwrap_or(token);
+                self.on_all(&keys.lock, move |n| n.release(keys, value))
+                    .await
+            };
+            if r.is_ok() {
+                lock(&self.held).remove(token);
+            }
+            r
         })
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::LockManager;
+use crate::backend::protocol::{self, Landing};
 use crate::backend::{Attempt, Keys, Try};
 use crate::background;
 use crate::error::{BackendError, LockError};
@@ -36,7 +37,8 @@ impl LockManager {
     ) -> Result<LockGuard, LockError> {
         let inner = &*self.inner;
         let lease = self.lease_of(&options);
-        let token = Token::new();
+        // A fresh owner token after every grant given back (see `bounded`).
+        let mut token = Token::new();
         let start = Instant::now();
         let wait_end = start + options.max_wait();
         // Whatever the backend does, the call ends by then.
@@ -45,7 +47,7 @@ impl LockManager {
             key: keys.lock.to_string(),
             waited: start.elapsed(),
         };
-        let guard = |fence, valid_until| {
+        let guard = |token, fence, valid_until| {
             LockGuard::new(
                 inner.backend.clone(),
                 keys.clone(),
@@ -55,9 +57,10 @@ impl LockManager {
                 valid_until,
             )
         };
+        // Sent with the current owner token (`Try { token, ..ask }`).
         let mut ask = Try {
             keys: &keys,
-            token: token.as_str(),
+            token: "",
             lease,
             // A call that waits registers at once if the lock is held, to be handed it in turn.
             register: !options.max_wait().is_zero(),
@@ -68,8 +71,8 @@ impl LockManager {
 
         // `wait = 0`: exactly one try, outside the queue, and no registration.
         if options.max_wait().is_zero() {
-            return match self.bounded(hard_end, &keys, ask).await? {
-                Attempt::Acquired { fence, valid_until } => Ok(guard(fence, valid_until)),
+            return match self.bounded(hard_end, &keys, ask, &mut token).await? {
+                Attempt::Acquired { fence, valid_until } => Ok(guard(token, fence, valid_until)),
                 Attempt::Held(_) => Err(not_acquired()),
             };
         }
@@ -85,7 +88,7 @@ impl LockManager {
         let mut registration = Registration {
             manager: self,
             keys: &keys,
-            token: &token,
+            token,
             active: false,
         };
         let mut must_try = true;
@@ -97,11 +100,19 @@ impl LockManager {
                 ask.others_wait = place.others_wait();
                 registration.active = true;
                 let sent = Instant::now();
-                match self.bounded(hard_end, &keys, ask).await? {
+                let attempt = self.bounded(hard_end, &keys, ask, &mut token).await;
+                // The try's entry in the queue (if any) is under the token it was sent with;
+                // after a give-back the next try registers under the fresh one, and a release
+                // must find this waiter by that one.
+                if registration.token.as_str() != token.as_str() {
+                    place.set_token(token.as_str());
+                }
+                registration.token = token;
+                match attempt? {
                     Attempt::Acquired { fence, valid_until } => {
                         registration.active = false;
                         place.acquired(valid_until, ask.others_wait);
-                        return Ok(guard(fence, valid_until));
+                        return Ok(guard(token, fence, valid_until));
                     }
                     Attempt::Held(pttl) => {
                         ask.queued = true;
@@ -173,17 +184,29 @@ impl LockManager {
         })
     }
 
-    /// One try, cut short at `hard_end` (the end of the wait plus one command timeout) when that
-    /// comes before the command timeout does. A try cut short cleans up after itself (see
-    /// [`Backend`](crate::backend::Backend)). A lock granted by a reply that came back after the
-    /// lease's validity is given back at once and reported as held, never handed out expired.
+    /// One try with owner token `token`, cut short at `hard_end` (the end of the wait plus one
+    /// command timeout) when that comes before the command timeout does. A try cut short cleans up
+    /// after itself (see [`Backend`](crate::backend::Backend)).
+    ///
+    /// A lock granted by a reply that came back after the lease's validity is given back and
+    /// reported as held, never handed out expired. The give-back is a release under the try's
+    /// owner token, in the background; `token` is replaced by a fresh one for the tries after it,
+    /// so that the give-back — which may reach Redis after a later try's grant (another
+    /// connection, a client's resend, a retry of the release) — can only ever delete the lock it
+    /// gives back.
     async fn bounded(
         &self,
         hard_end: Instant,
         keys: &Arc<Keys>,
         ask: Try<'_>,
+        token: &mut Token,
     ) -> Result<Attempt, LockError> {
         let backend = &self.inner.backend;
+        let lease = ask.lease;
+        let ask = Try {
+            token: token.as_str(),
+            ..ask
+        };
         let attempt = backend.try_acquire(ask);
         let attempt = if Instant::now() + backend.command_timeout() <= hard_end {
             attempt.await?
@@ -191,17 +214,21 @@ impl LockManager {
             cut_at(hard_end, keys, backend.command_timeout(), attempt).await?
         };
         match attempt {
-            Attempt::Acquired { fence, valid_until } if valid_until <= Instant::now() => {
+            Attempt::Acquired { valid_until, .. } if valid_until <= Instant::now() => {
                 tracing::warn!(key = %keys.lock, "the lock was granted after its lease's validity; giving it back");
-                // Released in the background, as a dropped guard is.
-                drop(LockGuard::new(
-                    backend.clone(),
-                    keys.clone(),
-                    Token::from_str(ask.token),
-                    fence,
-                    ask.lease,
-                    valid_until,
-                ));
+                let given_back = *token;
+                *token = Token::new();
+                let (backend, keys) = (backend.clone(), keys.clone());
+                protocol::release_in_background(
+                    keys.lock.clone(),
+                    "giving back a grant that came after its lease's validity",
+                    Instant::now() + lease,
+                    Landing::Before,
+                    move |_| {
+                        let (backend, keys) = (backend.clone(), keys.clone());
+                        Box::pin(async move { backend.release(&keys, given_back.as_str()).await })
+                    },
+                );
                 Ok(Attempt::Held(Some(std::time::Duration::ZERO)))
             }
             other => Ok(other),
@@ -232,7 +259,7 @@ async fn cut_at<T>(
 struct Registration<'a> {
     manager: &'a LockManager,
     keys: &'a Arc<Keys>,
-    token: &'a Token,
+    token: Token,
     active: bool,
 }
 

@@ -187,8 +187,9 @@ impl LockManagerBuilder {
     /// acknowledgements within `timeout` the lock is released again and the call fails with
     /// [`LockError::NotReplicated`]. Narrows the window in which a failover loses a lock — it does
     /// not close it: replication stays asynchronous, and a replica that did not acknowledge can
-    /// still be promoted. `timeout` must be shorter than the command timeout; `WAIT` holds up
-    /// the commands queued behind it on its connection for up to that long. For one server with
+    /// still be promoted. `timeout` must be shorter than the command timeout; it is sent in whole
+    /// milliseconds, rounded up. Each such acquisition goes on a connection of its own (`WAIT`
+    /// blocks its connection), so releases and renewals never wait behind it. For one server with
     /// replicas, or a cluster (the `WAIT` goes to the lock's master); not Redlock, whose nodes are
     /// independent masters. Off by default.
     pub fn wait_for_replicas(mut self, replicas: u64, timeout: Duration) -> Self {
@@ -364,7 +365,7 @@ impl LockManagerBuilder {
                 )
                 .await?;
                 let backend: Arc<dyn Backend> = match self.replicas {
-                    Some((n, timeout)) => Arc::new(Replicated::new(backend, n, timeout)),
+                    Some((n, timeout)) => Arc::new(Replicated::new(backend, n, timeout)?),
                     None => Arc::new(backend),
                 };
                 Ok(LockManager::from_parts(

@@ -246,6 +246,91 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// A pool of the same server's connections, `size` at most, for [`exclusive`](Self::exclusive)
+    /// calls.
+    pub(super) fn exclusive_pool(&self, size: usize) -> Result<Connections, LockError> {
+        let opener = self.pool.manager();
+        Connections::new(
+            opener.client.clone(),
+            size,
+            self.timeout,
+            opener.check_eviction.clone(),
+        )
+    }
+
+    /// Runs `f` on a connection of its own, checked out of the pool for the call and given back
+    /// after it, for commands that block their connection (`WAIT`): nothing else is queued behind
+    /// them. Bounded by the command timeout as a whole; a dead connection is replaced and `f` runs
+    /// once more, told so by its `retry` argument. A call that does not finish (its future
+    /// dropped) leaves its connection out of the pool: a blocking command may still be running on it.
+    pub(super) async fn exclusive<T, F, Fut>(
+        &self,
+        key: Option<&str>,
+        what: &'static str,
+        mut f: F,
+    ) -> Result<T, LockError>
+    where
+        F: FnMut(MultiplexedConnection, bool) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let fail = |source| LockError::backend(key, source);
+        let timed_out = || {
+            fail(BackendError::Timeout {
+                what,
+                timeout: self.timeout,
+            })
+        };
+        let work = async {
+            let mut retry = false;
+            loop {
+                let object = self.pool.get().await.map_err(|e| match e {
+                    managed::PoolError::Backend(e) => BackendError::Redis(e),
+                    other => BackendError::Pool(other.to_string()),
+                })?;
+                let mut checkout = Checkout {
+                    object,
+                    done: false,
+                };
+                let r = f(checkout.object.conn.clone(), retry).await;
+                checkout.done = true;
+                match r {
+                    Ok(v) => return Ok(v),
+                    Err(e) if is_dead(&e) => {
+                        checkout.object.broken = true;
+                        if retry || e.is_connection_refusal() {
+                            return Err(BackendError::Redis(e));
+                        }
+                        tracing::debug!(key, error = %e, "connection was dead; retrying on a new one");
+                        retry = true;
+                    }
+                    Err(e) => return Err(BackendError::Redis(e)),
+                }
+            }
+        };
+        match timeout_at(Instant::now() + self.timeout, work).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(BackendError::Redis(e))) if e.is_timeout() => Err(timed_out()),
+            Ok(Err(e)) => Err(fail(e)),
+            Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+/// A connection checked out for one call; not given back for reuse unless the call finished.
+struct Checkout {
+    object: Object<Opener>,
+    done: bool,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if !self.done {
+            self.object.broken = true;
+        }
+    }
+}
+
 /// Whether `e` means the connection is gone (rather than the command failing on a live one).
 fn is_dead(e: &RedisError) -> bool {
     e.is_io_error()

@@ -13,26 +13,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use redis::Client;
 use redis::aio::MultiplexedConnection;
-use redis::{Client, ErrorKind, ServerErrorKind};
 use tokio::time::Instant;
 
 use self::conn::{Conn, Connections};
-pub(crate) use self::node::{AcquireArgs, acquire_reply};
 #[cfg(feature = "cluster")]
-pub(crate) use self::node::{millis_arg, spawn_subscriber};
+pub(crate) use self::node::spawn_subscriber;
 pub(crate) use self::replicas::Replicated;
-use self::scripts::{Lua, scripts};
 use self::subscriber::Requests;
-use super::{Attempt, Backend, BoxFuture, Counters, HANDOVER, Keys, Try};
-use crate::background;
+use super::protocol::{self, Landing, ScriptCall, Sending};
+use super::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
 use crate::error::{BackendError, LockError};
 use crate::waiting::Waiters;
-
-/// How long a fencing counter lives after its last acquisition (plus the lease). After that the
-/// clock alone (in microseconds) is past every token issued, so the counter can go: memory stays
-/// bounded by the keys used in the last minute.
-const FENCE_RETENTION: Duration = Duration::from_secs(60);
 
 /// What [`RedisBackend::connect`] needs.
 pub(crate) struct RedisConfig {
@@ -92,16 +85,13 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    /// `EVALSHA`, falling back to `EVAL` (which also fills the script cache) on `NOSCRIPT`. On a
-    /// retry after a dead connection, `retry_arg` is appended to the arguments. `sent_on` learns
-    /// the connection each request goes out on.
-    async fn eval<T: redis::FromRedisValue>(
+    /// One script call (see [`protocol::eval`]) on a pooled connection. `call` builds the request,
+    /// told whether it is a resend after a dead connection (the first may have been applied).
+    /// `sent_on` learns the connection each request goes out on.
+    async fn eval<'a, T: redis::FromRedisValue>(
         &self,
         key: &str,
-        script: &Lua,
-        keys: &[&str],
-        args: &[&[u8]],
-        retry_arg: Option<&[u8]>,
+        call: impl Fn(Sending) -> ScriptCall<'a>,
         sent_on: Option<&Mutex<Option<MultiplexedConnection>>>,
     ) -> Result<T, LockError> {
         let counters = &self.counters;
@@ -111,18 +101,14 @@ impl RedisBackend {
                 if let Some(sent_on) = sent_on {
                     *lock(sent_on) = Some(conn.clone());
                 }
-                let mut all: Vec<&[u8]> = args.to_vec();
-                if let (true, Some(extra)) = (retry, retry_arg) {
-                    all.push(extra);
-                }
-                async move { evalsha(&mut conn, script, keys, &all, counters).await }
+                let call = call(if retry { Sending::Again } else { Sending::Once });
+                async move { protocol::eval(&mut conn, &call, counters).await }
             })
             .await
     }
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let keys = req.keys;
-        let args = AcquireArgs::new(&req);
         // Until the reply is in, Redis may grant the lock: if this future is dropped or fails
         // before that, release the token on the connection the request went out on, so the
         // release cannot overtake it.
@@ -136,35 +122,76 @@ impl RedisBackend {
             armed: true,
         };
         let sent = Instant::now();
-        let reply: Result<(i64, i64), LockError> = self
+        let reply: (i64, i64) = self
             .eval(
                 &keys.lock,
-                &scripts().acquire,
-                &[&keys.lock, &keys.fence, &keys.queue],
-                &args.get(&req),
-                // The first request may have been applied before its connection died.
-                Some(b"r"),
+                |sending| ScriptCall::acquire(&req, sending),
                 Some(&sent_on),
             )
-            .await;
-        let reply = reply?;
+            .await?;
         fuse.armed = false;
-        acquire_reply(keys, reply, sent, req.lease)
+        protocol::acquire_reply(keys, reply, sent, req.lease)
     }
 
     async fn release_token(&self, keys: &Keys, token: &str) -> Result<bool, LockError> {
-        let handover_ms = millis(HANDOVER).to_string();
         let n: i64 = self
             .eval(
                 &keys.lock,
-                &scripts().release,
-                &[&keys.lock, &keys.channel, &keys.queue],
-                &[token.as_bytes(), handover_ms.as_bytes()],
-                None,
+                |_| ScriptCall::release(keys, token, false),
                 None,
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Releases `token` in the background (see [`protocol::release_in_background`]): the first
+    /// time on `first` (the connection its acquisition went out on, when known: Redis answers a
+    /// connection's commands in order, so the release runs after the acquisition if that arrives
+    /// at all), then on any connection. `leave_queue` also takes the token out of the queue.
+    pub(crate) fn release_in_background(
+        &self,
+        keys: &Keys,
+        token: &str,
+        leave_queue: bool,
+        give_up: Instant,
+        what: &'static str,
+        first: Option<MultiplexedConnection>,
+    ) -> bool {
+        let keys = Arc::new(keys.clone());
+        let token: Arc<str> = token.into();
+        let conns = self.conns.clone();
+        let counters = self.counters.clone();
+        let mut first = first;
+        protocol::release_in_background(
+            keys.lock.clone(),
+            what,
+            give_up,
+            Landing::Before,
+            move |_| {
+                let (keys, token, conns, counters) =
+                    (keys.clone(), token.clone(), conns.clone(), counters.clone());
+                let first = first.take();
+                Box::pin(async move {
+                    let call = ScriptCall::release(&keys, &token, leave_queue);
+                    let n: i64 =
+                        match first {
+                            Some(mut conn) => protocol::eval(&mut conn, &call, &counters)
+                                .await
+                                .map_err(|e| {
+                                    LockError::backend(Some(&keys.lock), BackendError::Redis(e))
+                                })?,
+                            None => conns
+                                .call(Some(&keys.lock), "release", |c: &Conn, _| {
+                                    let mut conn = c.conn.clone();
+                                    let (call, counters) = (&call, &counters);
+                                    async move { protocol::eval(&mut conn, call, counters).await }
+                                })
+                                .await?,
+                        };
+                    Ok(n == 1)
+                })
+            },
+        )
     }
 }
 
@@ -183,64 +210,21 @@ impl Drop for Fuse<'_> {
         if !self.armed {
             return;
         }
-        let Some(mut conn) = lock(self.sent_on).take() else {
+        let Some(conn) = lock(self.sent_on).take() else {
             // Nothing was sent.
             return;
         };
-        let (keys, token) = (self.keys.clone(), self.token.to_owned());
-        let conns = self.backend.conns.clone();
-        let counters = self.backend.counters.clone();
-        let give_up = Instant::now() + self.lease;
-        background::spawn(async move {
-            let handover_ms = millis(HANDOVER).to_string();
-            // `z`: the try may have registered in the queue; take that entry out too.
-            let args: [&[u8]; 3] = [token.as_bytes(), handover_ms.as_bytes(), b"z"];
-            let names = [&*keys.lock, &*keys.channel, keys.queue.as_str()];
-            let script = &scripts().release;
-            // The same connection first: Redis answers a connection's commands in order, so this
-            // runs after the acquisition if that arrives at all.
-            let mut done = evalsha::<i64>(&mut conn, script, &names, &args, &counters)
-                .await
-                .is_ok();
-            // That connection is dead: the acquisition cannot arrive any more; release on another
-            // until it works or the lease has freed the lock anyway.
-            let mut pause = Duration::from_millis(20);
-            while !done && Instant::now() < give_up {
-                let r: Result<i64, _> = conns
-                    .call(Some(&keys.lock), "release", |c: &Conn, _| {
-                        let mut conn = c.conn.clone();
-                        let (names, args, counters) = (&names, &args, &counters);
-                        async move { evalsha(&mut conn, script, names, args, counters).await }
-                    })
-                    .await;
-                done = r.is_ok();
-                if !done {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-            }
-            tracing::debug!(key = %keys.lock, released = done, "cleaned up after an abandoned acquisition");
-        });
-    }
-}
-
-/// `EVALSHA` of `script` on `conn`, and `EVAL` (which also fills the script cache) on the same
-/// connection after a `NOSCRIPT`.
-async fn evalsha<T: redis::FromRedisValue>(
-    conn: &mut MultiplexedConnection,
-    script: &Lua,
-    keys: &[&str],
-    args: &[&[u8]],
-    counters: &Counters,
-) -> redis::RedisResult<T> {
-    counters.commands.fetch_add(1, Ordering::Relaxed);
-    match script.command(false, keys, args).query_async(conn).await {
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            tracing::debug!("script cache was empty (NOSCRIPT): loading it again");
-            counters.commands.fetch_add(1, Ordering::Relaxed);
-            script.command(true, keys, args).query_async(conn).await
-        }
-        other => other,
+        // The try may have registered in the queue: take that entry out too. If the connection
+        // it went out on is dead, the acquisition cannot arrive any more: release on another until
+        // it works or the lease has freed the lock anyway.
+        self.backend.release_in_background(
+            self.keys,
+            self.token,
+            true,
+            Instant::now() + self.lease,
+            "clean-up after an abandoned acquisition",
+            Some(conn),
+        );
     }
 }
 
@@ -264,16 +248,8 @@ impl Backend for RedisBackend {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, LockError>> {
         Box::pin(async move {
-            let lease_ms = millis(lease).to_string();
             let n: i64 = self
-                .eval(
-                    &keys.lock,
-                    &scripts().renew,
-                    &[&keys.lock],
-                    &[token.as_bytes(), lease_ms.as_bytes()],
-                    None,
-                    None,
-                )
+                .eval(&keys.lock, |_| ScriptCall::renew(keys, token, lease), None)
                 .await?;
             Ok(n == 1)
         })
@@ -333,8 +309,4 @@ impl Backend for RedisBackend {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

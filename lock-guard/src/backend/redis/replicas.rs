@@ -8,43 +8,55 @@
 //! replica; it does not make replication synchronous (a replica may still be promoted without it).
 //!
 //! `WAIT` holds up the commands behind it on the same connection until the replicas answer or its
-//! timeout passes, so its timeout must stay below the command timeout.
+//! timeout passes, so its timeout must stay below the command timeout, and each acquisition takes a
+//! connection of its own (releases and renewals go on the shared ones, never behind a `WAIT`).
+//! A timeout below a millisecond is sent as one millisecond (`WAIT n 0` would wait forever).
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::{ErrorKind, Pipeline, ServerErrorKind};
+use redis::Value;
 use tokio::time::Instant;
 
-use super::node::{AcquireArgs, acquire_reply};
-use super::scripts::scripts;
+use super::conn::Connections;
 use super::{Fuse, RedisBackend};
+use crate::backend::protocol::{self, ScriptCall, Sending};
 use crate::backend::{Attempt, Backend, BoxFuture, Counters, Keys, Try};
 use crate::error::LockError;
+
+/// At most this many acquisitions wait for replicas at once (each on a connection of its own);
+/// more wait for a connection, within the command timeout.
+const ACK_CONNECTIONS: usize = 32;
 
 /// A single-server backend whose acquisitions wait for `wanted` replicas, at most `timeout`.
 pub(crate) struct Replicated {
     node: RedisBackend,
+    /// Connections for acquisitions, one per acquisition in flight: `WAIT` blocks its connection,
+    /// and releases and renewals (on the node's shared connections) must not queue behind it.
+    acks: Connections,
     wanted: u64,
     timeout: Duration,
 }
 
 impl Replicated {
-    pub(crate) fn new(node: RedisBackend, wanted: u64, timeout: Duration) -> Self {
-        Replicated {
+    pub(crate) fn new(
+        node: RedisBackend,
+        wanted: u64,
+        timeout: Duration,
+    ) -> Result<Self, LockError> {
+        let acks = node.conns.exclusive_pool(ACK_CONNECTIONS)?;
+        Ok(Replicated {
             node,
+            acks,
             wanted,
             timeout,
-        }
+        })
     }
 
     async fn acquire(&self, req: Try<'_>) -> Result<Attempt, LockError> {
         let node = &self.node;
         let keys = req.keys;
-        let acquire_args = AcquireArgs::new(&req);
-        let wait_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let sent_on = Mutex::new(None);
         let mut fuse = Fuse {
             backend: node,
@@ -54,55 +66,32 @@ impl Replicated {
             sent_on: &sent_on,
             armed: true,
         };
-        let names = [&*keys.lock, keys.fence.as_str(), keys.queue.as_str()];
         let counters = &node.counters;
+        let (wanted, wait) = (self.wanted, self.timeout);
         let sent = Instant::now();
-        let ((taken, value), acked): ((i64, i64), i64) = node
-            .conns
-            .call(Some(&keys.lock), "acquire and WAIT", |c, retry| {
-                let mut conn = c.conn.clone();
+        let values = self
+            .acks
+            .exclusive(Some(&keys.lock), "acquire and WAIT", |conn, retry| {
                 *super::lock(&sent_on) = Some(conn.clone());
-                let mut args: Vec<&[u8]> = acquire_args.get(&req).to_vec();
-                if retry {
-                    // The first request may have been applied before its connection died.
-                    args.push(b"r");
-                }
-                let pipeline = |eval: bool| {
-                    let mut p = Pipeline::with_capacity(2);
-                    p.add_command(scripts().acquire.command(eval, &names, &args));
-                    p.cmd("WAIT").arg(self.wanted).arg(wait_ms);
-                    p
-                };
-                let (first, reload) = (pipeline(false), pipeline(true));
+                // A resend: the first request may have been applied before its connection died.
+                let call =
+                    ScriptCall::acquire(&req, if retry { Sending::Again } else { Sending::Once });
                 async move {
-                    counters.commands.fetch_add(1, Ordering::Relaxed);
-                    match first.query_async(&mut conn).await {
-                        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                            counters.commands.fetch_add(1, Ordering::Relaxed);
-                            reload.query_async(&mut conn).await
-                        }
-                        other => other,
-                    }
+                    protocol::acquire_and_wait(&call, wanted, wait, counters, |p| {
+                        let mut conn = conn.clone();
+                        async move { p.query_async::<Vec<Value>>(&mut conn).await }
+                    })
+                    .await
                 }
             })
             .await?;
         fuse.armed = false;
-        if taken != 1 {
-            return acquire_reply(keys, (taken, value), sent, req.lease);
+        let ((taken, value), acked) = protocol::acquired_and_acked(keys, values)?;
+        if taken == 1 && acked < wanted {
+            let release = node.release(keys, req.token);
+            return Err(protocol::not_replicated(keys, acked, wanted, release).await);
         }
-        let acked = u64::try_from(acked).unwrap_or(0);
-        if acked < self.wanted {
-            if let Err(e) = node.release(keys, req.token).await {
-                // The lease frees it.
-                tracing::warn!(key = %keys.lock, error = %e, "could not release an unreplicated lock");
-            }
-            return Err(LockError::NotReplicated {
-                key: keys.lock.to_string(),
-                acked,
-                wanted: self.wanted,
-            });
-        }
-        acquire_reply(keys, (taken, value), sent, req.lease)
+        protocol::acquire_reply(keys, (taken, value), sent, req.lease)
     }
 }
 

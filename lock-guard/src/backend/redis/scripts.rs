@@ -44,11 +44,12 @@ impl Lua {
     }
 }
 
-/// The acquire, release and renew scripts.
+/// The scripts: acquire, release, renew, and the fencing counter's write-back.
 pub(crate) struct Scripts {
     pub(crate) acquire: Lua,
     pub(crate) release: Lua,
     pub(crate) renew: Lua,
+    pub(crate) raise_fence: Lua,
 }
 
 pub(crate) fn scripts() -> &'static Scripts {
@@ -57,5 +58,6 @@ pub(crate) fn scripts() -> &'static Scripts {
         acquire: Lua::new(include_str!("../../scripts/acquire.lua")),
         release: Lua::new(include_str!("../../scripts/release.lua")),
         renew: Lua::new(include_str!("../../scripts/renew.lua")),
+        raise_fence: Lua::new(include_str!("../../scripts/raise_fence.lua")),
     })
 }
