@@ -134,6 +134,7 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
         }
         (DbSetup::Embedded, _) => Db::embedded().await?,
     };
+    let lock_manager = locks.clone();
     let instance = Instance::start(
         KeywordService::new(db, locks).with_work(args.work),
         args.port,
@@ -162,7 +163,10 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
         });
     }
     tokio::signal::ctrl_c().await?;
+    // Graceful shutdown: stop accepting and let the requests in flight finish, then give back
+    // every lock this instance still holds, so the other instances need not wait for a lease.
     instance.stop().await?;
+    lock_manager.shutdown(Duration::from_secs(5)).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -75,6 +75,8 @@ struct Held {
     fence: u64,
     lease: Duration,
     valid_until: Instant,
+    /// Its entry in the manager's holdings, removed once the release has completed.
+    registration: Option<crate::manager::Registration>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -106,8 +108,23 @@ impl LockGuard {
                 fence,
                 lease,
                 valid_until,
+                registration: None,
             }),
         }
+    }
+
+    pub(crate) fn set_registration(&mut self, registration: crate::manager::Registration) {
+        if let Some(h) = &mut self.held {
+            h.registration = Some(registration);
+        }
+    }
+
+    pub(crate) fn keys_arc(&self) -> Arc<Keys> {
+        self.held().keys.clone()
+    }
+
+    pub(crate) fn owner_token(&self) -> Token {
+        self.held().token
     }
 
     fn held(&self) -> &Held {
@@ -212,6 +229,9 @@ impl Drop for LockGuard {
         // Nothing renews the lease any more: by then it has freed the lock anyway.
         let give_up = Instant::now() + h.lease;
         let spawned = background::spawn(async move {
+            // The whole of `h`, its registration too: the manager counts this release as pending
+            // until it has completed.
+            let h = h;
             let mut pause = Duration::from_millis(10);
             loop {
                 match h.backend.release(&h.keys, h.token.as_str()).await {

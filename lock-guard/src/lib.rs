@@ -178,7 +178,7 @@ pub use error::{BackendError, LockError};
 pub use guard::{Fence, LockGuard};
 pub use key::{KeyParts, LockKey, Unordered, unordered};
 pub use manager::{
-    LockManager, LockManagerBuilder, Metrics, default_manager, redact_url, set_default,
+    LockManager, LockManagerBuilder, Metrics, Shutdown, default_manager, redact_url, set_default,
 };
 pub use options::{Lease, LockOptions};
 

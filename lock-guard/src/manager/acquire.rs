@@ -26,7 +26,10 @@ impl LockManager {
     /// lease: check [`LockGuard::valid_until`], pass [`LockGuard::fencing_token`] to the storage,
     /// or use [`run`](Self::run).
     pub async fn lock(&self, key: &LockKey, options: LockOptions) -> Result<LockGuard, LockError> {
-        self.acquire(self.keys(key), options).await
+        let keys = self.keys(key);
+        self.check_open(&keys)?;
+        let guard = self.acquire(keys, options).await?;
+        self.register(guard).await
     }
 
     pub(super) async fn acquire(

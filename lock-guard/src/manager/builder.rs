@@ -39,6 +39,8 @@ pub struct LockManagerBuilder {
     watchdog_lease: Duration,
     /// `WAIT` for this many replicas, at most this long, after each acquisition.
     replicas: Option<(u64, Duration)>,
+    /// The user's own pool, for the commands on one server.
+    users_pool: Option<deadpool_redis::Pool>,
     #[cfg(feature = "tls")]
     root_cert: Option<Vec<u8>>,
 }
@@ -86,6 +88,7 @@ impl fmt::Debug for LockManagerBuilder {
             .field("command_timeout", &self.command_timeout)
             .field("watchdog_lease", &self.watchdog_lease)
             .field("wait_for_replicas", &self.replicas)
+            .field("users_pool", &self.users_pool.as_ref().map(|p| p.status()))
             .finish()
     }
 }
@@ -99,6 +102,7 @@ impl Default for LockManagerBuilder {
             command_timeout: Duration::from_secs(1),
             watchdog_lease: lease::DEFAULT_WATCHDOG_LEASE,
             replicas: None,
+            users_pool: None,
             #[cfg(feature = "tls")]
             root_cert: None,
         }
@@ -199,7 +203,38 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Sends the lock commands over your own `deadpool-redis` pool instead of connections of the
+    /// manager's own; set [`url`](Self::url) to the same server, for the one pub/sub connection
+    /// that carries release notifications (a pool's connections cannot subscribe).
+    ///
+    /// The manager checks out up to [`pool_size`](Self::pool_size) connections, keeps a clone of
+    /// each (they are multiplexed: your commands and the locks' share them) and gives the checkout
+    /// back at once, so your pool keeps all its connections and no lock command pays for a
+    /// checkout (`deadpool-redis` recycles each checkout with a `PING`, one more round trip). A
+    /// connection that fails is dropped and another one checked out. Commands are bounded by the
+    /// manager's command timeout, whatever the pool's connections are configured with. One
+    /// server only: not with `cluster` or [`redlock`](Self::redlock).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_guard::deadpool_redis::{Config, Runtime};
+    /// let url = "redis://127.0.0.1:6379";
+    /// let pool = Config::from_url(url).create_pool(Some(Runtime::Tokio1))?;
+    /// let locks = lock_guard::LockManager::builder().url(url).pool(pool.clone()).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pool(mut self, pool: deadpool_redis::Pool) -> Self {
+        self.users_pool = Some(pool);
+        self
+    }
+
     fn check(&self) -> Result<(), LockError> {
+        if self.users_pool.is_some() && !matches!(self.deployment, Deployment::Single(_)) {
+            return Err(LockError::config(
+                "a deadpool-redis pool serves one server: set it with `url` (the same server), \
+                 not with `cluster`, `redlock` or `memory`",
+            ));
+        }
         if self.prefix.contains(['{', '}']) {
             return Err(LockError::config(format!(
                 "key prefix `{}` may not contain `{{` or `}}`: they would break the hash tag; \
@@ -285,6 +320,7 @@ impl LockManagerBuilder {
             shown_url: redact_url(url),
             pool_size: self.pool_size,
             timeout: self.command_timeout,
+            users_pool: None,
         })
     }
 
@@ -337,6 +373,7 @@ impl LockManagerBuilder {
                         shown_url: redact_url(url),
                         pool_size: self.pool_size,
                         timeout: self.command_timeout,
+                        users_pool: self.users_pool.clone(),
                     },
                     &waiters,
                 )

@@ -40,6 +40,8 @@ pub(crate) struct RedisConfig {
     pub(crate) shown_url: String,
     pub(crate) pool_size: usize,
     pub(crate) timeout: Duration,
+    /// The user's own pool for the commands, if given (the subscriber still uses `client`).
+    pub(crate) users_pool: Option<deadpool_redis::Pool>,
 }
 
 pub(crate) struct RedisBackend {
@@ -55,11 +57,11 @@ impl RedisBackend {
         waiters: &Arc<Waiters>,
     ) -> Result<RedisBackend, LockError> {
         let counters = Arc::new(Counters::default());
-        let conns = Arc::new(Connections::new(
-            config.client.clone(),
-            config.pool_size,
-            config.timeout,
-        )?);
+        let mut conns = Connections::new(config.client.clone(), config.pool_size, config.timeout)?;
+        if let Some(pool) = config.users_pool {
+            conns = conns.with_users_pool(pool);
+        }
+        let conns = Arc::new(conns);
         let backend = RedisBackend {
             conns,
             counters: counters.clone(),
