@@ -173,6 +173,7 @@ mod waiting;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use backend::inspect::LockState;
 pub use context::{fence, fencing_token};
 pub use error::{BackendError, LockError};
 pub use guard::{Fence, LockGuard};

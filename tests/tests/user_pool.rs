@@ -50,9 +50,11 @@ async fn locks_work_over_the_users_pool() {
     let waiter = {
         let (b, key) = (b.clone(), key.clone());
         tokio::spawn(async move {
-            b.run(&key, LockOptions::new().wait(Duration::from_secs(5)), async {
-                Ok::<_, LockError>(())
-            })
+            b.run(
+                &key,
+                LockOptions::new().wait(Duration::from_secs(5)),
+                async { Ok::<_, LockError>(()) },
+            )
             .await
         })
     };
@@ -68,8 +70,14 @@ async fn locks_work_over_the_users_pool() {
     let (sa, sb) = (pool_a.status(), pool_b.status());
     eprintln!("pool a {sa:?}, pool b {sb:?}");
     assert!(sa.size >= 1 && sb.size >= 1, "the pools were not used");
-    assert_eq!(sa.available, sa.size, "a connection of pool a is kept checked out");
-    assert_eq!(sb.available, sb.size, "a connection of pool b is kept checked out");
+    assert_eq!(
+        sa.available, sa.size,
+        "a connection of pool a is kept checked out"
+    );
+    assert_eq!(
+        sb.available, sb.size,
+        "a connection of pool b is kept checked out"
+    );
     // The pools' connections, plus one subscriber per manager (plus this test's own).
     let now = clients(&server).await;
     assert!(
@@ -96,10 +104,7 @@ async fn bad_pools_are_refused() {
         .command_timeout(Duration::from_millis(500))
         .build()
         .await;
-    assert!(
-        matches!(built, Err(LockError::Backend { .. })),
-        "{built:?}"
-    );
+    assert!(matches!(built, Err(LockError::Backend { .. })), "{built:?}");
     let built = LockManager::builder()
         .redlock([server.url(), dead.clone(), "redis://127.0.0.1:2".to_owned()])
         .pool(pool(&server.url(), 2))

@@ -3,6 +3,7 @@
 
 mod acquire;
 mod builder;
+mod inspect;
 mod run;
 mod shutdown;
 

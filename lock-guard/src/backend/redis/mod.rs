@@ -235,7 +235,33 @@ async fn evalsha<T: redis::FromRedisValue>(
     }
 }
 
+impl RedisBackend {
+    /// Runs an inspection on this server.
+    pub(crate) async fn inspect_node(
+        &self,
+        route: super::inspect::Route<'_>,
+    ) -> Result<redis::Value, LockError> {
+        super::inspect::on_node(route, |cmd: redis::Cmd| {
+            self.conns.call(None, "inspect", move |c, _| {
+                let mut conn = c.conn.clone();
+                let cmd = cmd.clone();
+                async move { cmd.query_async(&mut conn).await }
+            })
+        })
+        .await
+    }
+}
+
 impl Backend for RedisBackend {
+    fn inspect<'a>(
+        &'a self,
+        route: super::inspect::Route<'a>,
+    ) -> BoxFuture<'a, super::inspect::Answers> {
+        Box::pin(
+            async move { super::inspect::Answers::Nodes(vec![self.inspect_node(route).await]) },
+        )
+    }
+
     fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
         Box::pin(self.acquire(req))
     }
