@@ -157,6 +157,7 @@
 //! - `tls`: `rediss://` URLs, through rustls (ring).
 //! - `cluster`: Redis Cluster (`LockManager::cluster`), through the `redis` crate's cluster client.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod background;
@@ -167,6 +168,7 @@ mod key;
 mod lease;
 mod manager;
 mod options;
+mod telemetry;
 mod waiting;
 
 #[doc(hidden)]

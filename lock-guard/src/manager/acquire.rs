@@ -26,10 +26,7 @@ impl LockManager {
     /// lease: check [`LockGuard::valid_until`], pass [`LockGuard::fencing_token`] to the storage,
     /// or use [`run`](Self::run).
     pub async fn lock(&self, key: &LockKey, options: LockOptions) -> Result<LockGuard, LockError> {
-        let keys = self.keys(key);
-        self.check_open(&keys)?;
-        let guard = self.acquire(keys, options).await?;
-        self.register(guard).await
+        self.take(self.keys(key), options).await
     }
 
     pub(super) async fn acquire(
@@ -110,6 +107,8 @@ impl LockManager {
                 must_try = named || !matches!((since, tried), (Some(s), Some((t, _))) if s < t);
             }
         }
+        // When this waiter last woke up (for the hand-over gap metric).
+        let mut woken = Instant::now();
         loop {
             if must_try && place.state().0 {
                 if Instant::now() >= wait_end {
@@ -121,6 +120,10 @@ impl LockManager {
                     Attempt::Acquired { fence, valid_until } => {
                         registration.active = false;
                         place.acquired(valid_until, ask.others_wait);
+                        crate::telemetry::handover(
+                            crate::telemetry::Labels::new(&keys, inner.deployment),
+                            woken,
+                        );
                         return Ok(guard(fence, valid_until));
                     }
                     Attempt::Held(pttl) => {
@@ -156,6 +159,7 @@ impl LockManager {
                     must_try = matches!(place.state().1, Some(at) if at <= now);
                 }
             }
+            woken = Instant::now();
         }
     }
 

@@ -137,6 +137,7 @@ impl LockManagerBuilder {
     /// keeps one multiplexed connection per node). Release notifications use classic pub/sub
     /// through the first URL's node. See the crate docs, *Deployments*, for the guarantees.
     #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -198,6 +199,7 @@ impl LockManagerBuilder {
 
     /// Trusts this PEM root certificate for `rediss://` (instead of the system's roots).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_root_certificate_pem(mut self, pem: Vec<u8>) -> Self {
         self.root_cert = Some(pem);
         self

@@ -46,6 +46,8 @@ struct Inner {
     prefix: String,
     watchdog_lease: Duration,
     holdings: Arc<shutdown::Holdings>,
+    /// `redis`, `cluster`, `redlock` or `memory`: the metrics' `deployment` label.
+    deployment: &'static str,
 }
 
 /// What a manager has sent to its backend so far: for tests and benchmarks.
@@ -105,6 +107,7 @@ impl LockManager {
     /// A manager on the Redis Cluster reached through `urls` (any of its nodes), with the default
     /// configuration (see [`LockManagerBuilder::cluster`]).
     #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub async fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<LockManager, LockError> {
         Self::builder().cluster(urls).build().await
     }
@@ -127,8 +130,10 @@ impl LockManager {
         prefix: String,
         watchdog_lease: Duration,
     ) -> LockManager {
+        let deployment = crate::telemetry::deployment(&*backend);
         LockManager {
             inner: Arc::new(Inner {
+                deployment,
                 backend,
                 waiters,
                 prefix,

@@ -151,15 +151,7 @@ impl LockManager {
         E: From<LockError>,
     {
         let started = Instant::now();
-        let acquired = match self.check_open(&keys) {
-            Ok(()) => self.acquire(keys.clone(), options).await,
-            Err(e) => Err(e),
-        };
-        let acquired = match acquired {
-            Ok(g) => self.register(g).await,
-            Err(e) => Err(e),
-        };
-        let guard = match acquired {
+        let guard = match self.take(keys.clone(), options).await {
             Ok(g) => g,
             Err(e) => {
                 span.record("outcome", outcome_name(&e));
@@ -172,6 +164,7 @@ impl LockManager {
             }
         };
         let acquired = Instant::now();
+        let labels = crate::telemetry::Labels::new(&keys, self.inner.deployment);
         span.record("waited_ms", (acquired - started).as_millis() as u64);
         span.record("fencing_token", guard.fencing_token());
 
@@ -193,7 +186,7 @@ impl LockManager {
             let body = context::scope(held, body);
             let watchdog = async {
                 if renewed {
-                    if watchdog(&guard, &validity, hold_until).await {
+                    if watchdog(&guard, &validity, hold_until, labels).await {
                         gone.store(true, Ordering::Relaxed);
                     }
                 } else {
@@ -215,6 +208,14 @@ impl LockManager {
                 .await
             // The body is dropped here, before the lock is released.
         };
+        crate::telemetry::seconds("lock_guard_hold_seconds", labels, acquired.elapsed());
+        match &ended {
+            Ended::Done(_) => {}
+            Ended::Deadline => crate::telemetry::count("lock_guard_deadline_total", labels),
+            Ended::MaxHold => crate::telemetry::count("lock_guard_max_hold_total", labels),
+            Ended::Lost if shut.load(Ordering::Relaxed) => {}
+            Ended::Lost => crate::telemetry::count("lock_guard_lost_total", labels),
+        }
         match ended {
             Ended::Done(r) => {
                 guard.release_after_body().await;
@@ -281,7 +282,12 @@ fn deadline_error(keys: &Keys, deadline: Option<Instant>, acquired: Instant) -> 
 /// With `hold_until` (`max_hold`), no renewal asks Redis to keep the lock past it (plus the drift
 /// allowance, so that the confirmed validity reaches it), and none is sent after it: the body's
 /// bound ends the call then.
-async fn watchdog(guard: &LockGuard, validity: &Validity, hold_until: Option<Instant>) -> bool {
+async fn watchdog(
+    guard: &LockGuard,
+    validity: &Validity,
+    hold_until: Option<Instant>,
+    labels: crate::telemetry::Labels<'_>,
+) -> bool {
     let full_lease = guard.lease();
     let period = lease::renew_period(full_lease);
     let mut next = Instant::now() + period;
@@ -314,6 +320,7 @@ async fn watchdog(guard: &LockGuard, validity: &Validity, hold_until: Option<Ins
                 return true;
             }
             Ok(Err(e)) => {
+                crate::telemetry::count("lock_guard_backend_errors_total", labels);
                 tracing::warn!(key = %guard.key(), error = %e, "renewal failed; retrying");
                 // Retry soon, but without spinning on an error that comes back at once.
                 next = Instant::now() + (period / 4).max(Duration::from_millis(5));

@@ -180,6 +180,24 @@ impl LockManager {
         }
     }
 
+    /// Takes a lock for `lock` and `run`: refused after `shutdown`, measured (feature `metrics`),
+    /// registered in the holdings.
+    pub(super) async fn take(
+        &self,
+        keys: Arc<Keys>,
+        options: crate::options::LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        self.check_open(&keys)?;
+        let labels = crate::telemetry::Labels::new(&keys, self.inner.deployment);
+        let started = Instant::now();
+        let acquired = {
+            let _waiting = crate::telemetry::Waiting::new(labels);
+            self.acquire(keys.clone(), options).await
+        };
+        crate::telemetry::acquisition(labels, started.elapsed(), acquired.as_ref().map(|_| ()));
+        self.register(acquired?).await
+    }
+
     /// Registers a guard just handed out; refuses it (released, `ShutDown`) if the manager has
     /// been shut down meanwhile.
     pub(super) async fn register(&self, mut guard: LockGuard) -> Result<LockGuard, LockError> {
