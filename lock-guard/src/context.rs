@@ -95,7 +95,7 @@ pub fn fencing_token() -> Option<u64> {
 ///
 /// Outside a guarded body: [`LockError::NotHeld`](crate::LockError::NotHeld). Every section (one
 /// run of a body under one grant) gets a token strictly greater than every token issued before for
-/// the key; every call within one section returns the same [`Fence`]. A nested (reentrant) call
+/// the key; every call within one section returns the same [`Fence`](crate::Fence). A nested (reentrant) call
 /// shares its enclosing section's fence.
 ///
 /// ```
