@@ -160,6 +160,7 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
         }
         (DbSetup::Embedded, _) => Db::embedded().await?,
     };
+    let lock_manager = locks.clone();
     let instance = Instance::start(
         KeywordService::new(db, locks)
             .with_work(args.work)
@@ -190,7 +191,10 @@ async fn serve(args: Args) -> Result<ExitCode, BoxError> {
         });
     }
     tokio::signal::ctrl_c().await?;
+    // Graceful shutdown: stop accepting and let the requests in flight finish, then give back
+    // every lock this instance still holds, so the other instances need not wait for a lease.
     instance.stop().await?;
+    lock_manager.shutdown(Duration::from_secs(5)).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -53,6 +53,7 @@ use proc_macro::TokenStream;
 /// | `lease = 3s` | how long the lock is held at most: a crashed holder's lock frees itself after it | `3s` |
 /// | `lease = watchdog` | hold the lock for as long as the body runs, renewing it every third of the manager's watchdog lease (30 s by default); a failed renewal drops the body with `LockError::Lost` | |
 /// | `timeout = 2s` | the body's deadline, counted from the acquisition; at the deadline the body is dropped (an open transaction rolls back) and the call returns `LockError::Deadline`. Must be shorter than a fixed lease | two thirds of a fixed lease; none with `watchdog` |
+/// | `max_hold = 10m` | with `lease = watchdog`: the longest the lock may be held, counted from the acquisition. Renewals stop there and the body is dropped with `LockError::MaxHold`, so a stuck body cannot hold the lock forever | none |
 /// | `key = <expr>` | the key's parts instead of the first argument (see below) | the first argument that is not `self` |
 /// | `locks = <expr>` | the `LockManager` to use: `self.locks`, `&state.locks`, any `M: AsRef<LockManager>` | the process default, `lock_guard::set_default` |
 /// | `crate = "path"` | where the `lock_guard` crate is, for a renamed dependency (`crate = "locks"`) or a re-export (`crate = "crate::locks"`); also without quotes | `::lock_guard` |
@@ -118,7 +119,8 @@ use proc_macro::TokenStream;
 /// Each points at the offending token and says what to write instead: a function that is not
 /// `async`, a `const fn`, a declaration without a body, a return type that is not a `Result`, a
 /// missing `name`, an unknown or repeated argument, a duration without a unit or with an unknown
-/// one, `timeout` not shorter than `lease` (when both are literals), a first argument that is a
+/// one, `timeout` not shorter than `lease` (when both are literals), a zero `timeout`, `lease` or
+/// `max_hold`, `max_hold` without `lease = watchdog`, a first argument that is a
 /// pattern or `_` (or no argument at all) without `key = …`, a key that is not `Display` (on the
 /// argument), and an error type without `From<LockError>` (on the return type).
 ///

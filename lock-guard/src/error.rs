@@ -36,6 +36,25 @@ pub enum LockError {
         /// The Redis key of the lock.
         key: String,
     },
+    /// The lock was held for its `max_hold` (see [`LockOptions::max_hold`](crate::LockOptions::max_hold)):
+    /// renewals stopped, the body was dropped, and the lock released after it.
+    #[error(
+        "lock `{key}` reached its max_hold of {max_hold:?}: renewals stopped and the body was dropped"
+    )]
+    MaxHold {
+        /// The Redis key of the lock.
+        key: String,
+        /// The bound that was reached, counted from the acquisition.
+        max_hold: Duration,
+    },
+    /// The manager was shut down ([`LockManager::shutdown`](crate::LockManager::shutdown)): no new
+    /// acquisition is made, and a body that was still running under one of its locks was dropped
+    /// (the lock released after it).
+    #[error("lock manager shut down{}", key_suffix(.key))]
+    ShutDown {
+        /// The Redis key concerned.
+        key: Option<String>,
+    },
     /// The lock backend failed: Redis unreachable, slow beyond the command timeout, a pool error,
     /// TLS, I/O. The source tells which.
     #[error("lock backend failed{}: {source}", key_suffix(.key))]
@@ -112,8 +131,9 @@ impl LockError {
             LockError::NotAcquired { key, .. }
             | LockError::Deadline { key, .. }
             | LockError::Lost { key }
+            | LockError::MaxHold { key, .. }
             | LockError::NotReplicated { key, .. } => Some(key),
-            LockError::Backend { key, .. } => key.as_deref(),
+            LockError::Backend { key, .. } | LockError::ShutDown { key } => key.as_deref(),
             LockError::NoDefault | LockError::Config { .. } | LockError::NotHeld { .. } => None,
         }
     }

@@ -67,6 +67,8 @@ struct Held {
     fence: u64,
     lease: Duration,
     valid_until: Instant,
+    /// Its entry in the manager's holdings, removed once the release has completed.
+    registration: Option<crate::manager::Registration>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -98,8 +100,23 @@ impl LockGuard {
                 fence,
                 lease,
                 valid_until,
+                registration: None,
             }),
         }
+    }
+
+    pub(crate) fn set_registration(&mut self, registration: crate::manager::Registration) {
+        if let Some(h) = &mut self.held {
+            h.registration = Some(registration);
+        }
+    }
+
+    pub(crate) fn keys_arc(&self) -> Arc<Keys> {
+        self.held().keys.clone()
+    }
+
+    pub(crate) fn owner_token(&self) -> Token {
+        self.held().token
     }
 
     fn held(&self) -> &Held {

@@ -43,6 +43,17 @@ pub(crate) fn renew_period(lease: Duration) -> Duration {
     lease / 3
 }
 
+/// The lease a renewal sent at `sent` asks for when the lock must not outlive `hold_until`: the
+/// full lease, or only what is left until `hold_until` plus the full lease's drift allowance (so
+/// that the renewal's confirmed validity still reaches `hold_until`), at least 1 ms.
+pub(crate) fn capped_lease(lease: Duration, sent: Instant, hold_until: Instant) -> Duration {
+    let left = hold_until.saturating_duration_since(sent) + drift(lease);
+    // Whole milliseconds, rounded up: Redis takes `PEXPIRE` in milliseconds.
+    let left =
+        Duration::from_millis(u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX));
+    left.clamp(Duration::from_millis(1), lease)
+}
+
 /// A lease's validity that renewals move forward, shared between the watchdog (which extends it
 /// once Redis confirmed a renewal) and the body's deadline (which reads it). Stored as nanoseconds
 /// after a base instant, so it is `Sync` and the guarded future stays `Send`.
@@ -84,6 +95,8 @@ pub(crate) enum Ended<T> {
     /// The lease's validity passed with no renewal confirmed, or the watchdog found the lock gone:
     /// it was dropped.
     Lost,
+    /// The lock's `max_hold` passed: it was dropped.
+    MaxHold,
 }
 
 pin_project_lite::pin_project! {
@@ -103,6 +116,8 @@ pin_project_lite::pin_project! {
         // Whether running past the validity means the lock is lost (watchdog) or the body simply
         // ran out of time (fixed lease).
         renewed: bool,
+        // `max_hold` after the acquisition, if bounded.
+        hold_until: Option<Instant>,
         #[pin]
         timer: Option<Sleep>,
     }
@@ -123,8 +138,15 @@ impl<'v, B, W> Bounded<'v, B, W> {
             timeout_at,
             validity,
             renewed,
+            hold_until: None,
             timer: None,
         }
+    }
+
+    /// Ends the body with [`Ended::MaxHold`] at `hold_until`.
+    pub(crate) fn hold_until(mut self, hold_until: Option<Instant>) -> Self {
+        self.hold_until = hold_until;
+        self
     }
 }
 
@@ -135,6 +157,10 @@ impl<B: Future, W: Future<Output = ()>> Future for Bounded<'_, B, W> {
         let mut this = self.project();
         let now = Instant::now();
         let valid = this.validity.get();
+        // The bound came first (a task woken late finds both passed): the lock was ours until it.
+        if this.hold_until.is_some_and(|t| now >= t && t <= valid) {
+            return Poll::Ready(Ended::MaxHold);
+        }
         if now >= valid {
             return Poll::Ready(if *this.renewed {
                 Ended::Lost
@@ -155,6 +181,7 @@ impl<B: Future, W: Future<Output = ()>> Future for Bounded<'_, B, W> {
         // Read again: the watchdog may have moved it.
         let valid = this.validity.get();
         let deadline = this.timeout_at.map_or(valid, |t| t.min(valid));
+        let deadline = this.hold_until.map_or(deadline, |t| t.min(deadline));
         match this.timer.as_mut().as_pin_mut() {
             Some(timer) => {
                 if timer.deadline() != deadline {

@@ -157,6 +157,7 @@
 //! - `tls`: `rediss://` URLs, through rustls (ring).
 //! - `cluster`: Redis Cluster (`LockManager::cluster`), through the `redis` crate's cluster client.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod background;
@@ -173,18 +174,20 @@ mod options;
     feature = "sqlx-any"
 ))]
 pub mod sqlx;
+mod telemetry;
 mod waiting;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
+pub use backend::inspect::LockState;
 pub use context::{fence, fencing_token, section_deadline};
 pub use error::{BackendError, LockError};
 pub use guard::{Fence, LockGuard};
 pub use key::{KeyParts, LockKey, Unordered, unordered};
 pub use manager::{
-    LockManager, LockManagerBuilder, Metrics, default_manager, redact_url, set_default,
+    LockManager, LockManagerBuilder, Metrics, Shutdown, default_manager, redact_url, set_default,
 };
 pub use options::{Lease, LockOptions};
 

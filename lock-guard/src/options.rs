@@ -17,7 +17,7 @@ pub enum Lease {
     Watchdog,
 }
 
-/// Options of one acquisition: `wait`, `lease`, `timeout`.
+/// Options of one acquisition: `wait`, `lease`, `timeout`, `max_hold`.
 ///
 /// The defaults — the attribute's too, which passes only what it was given — are `wait = 5s`,
 /// `lease = 3s`, `timeout` two thirds of a fixed lease.
@@ -34,6 +34,7 @@ pub struct LockOptions {
     pub(crate) wait: Duration,
     pub(crate) lease: Lease,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
 }
 
 impl Default for LockOptions {
@@ -49,6 +50,7 @@ impl LockOptions {
             wait: lease::DEFAULT_WAIT,
             lease: Lease::Fixed(lease::DEFAULT_LEASE),
             timeout: None,
+            max_hold: None,
         }
     }
 
@@ -75,6 +77,27 @@ impl LockOptions {
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// The longest the lock may be held, counted from the acquisition: meant for watchdog locks,
+    /// which a body that never ends would otherwise hold forever.
+    ///
+    /// With `lease = watchdog`, renewals stop at `max_hold` — the last renewal asks Redis for no
+    /// more than what is left of it, so even a holder that freezes or dies then leaves the lock to
+    /// expire by `max_hold` (plus the drift allowance and the renewal's transit to Redis) — and,
+    /// when `max_hold` is shorter than the watchdog lease, the acquisition asks for no more than
+    /// `max_hold` either. The body, if still running, is
+    /// dropped and the call returns [`LockError::MaxHold`](crate::LockError::MaxHold); the lock is
+    /// released after it. With a fixed lease it bounds the body in the same way (the lease already
+    /// bounds the lock). A `timeout` that comes first still ends the body with `Deadline`.
+    pub const fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// The longest the lock may be held, if bounded (see [`max_hold`](Self::max_hold)).
+    pub const fn max_hold_limit(&self) -> Option<Duration> {
+        self.max_hold
     }
 
     /// The longest time to wait for the lock.

@@ -140,6 +140,13 @@ impl Waiters {
         self.shards.iter().map(lock)
     }
 
+    /// How many tasks of this process wait for the lock behind `channel` (for inspection).
+    pub(crate) fn waiting_on(&self, channel: &str) -> usize {
+        self.map(channel)
+            .get(channel)
+            .map_or(0, |q| q.waiters.len())
+    }
+
     /// Whether `channel`'s queue exists and asked for notifications.
     pub(crate) fn wants_notifications(&self, channel: &str) -> bool {
         self.map(channel).get(channel).is_some_and(|q| q.subscribed)

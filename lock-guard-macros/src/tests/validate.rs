@@ -191,3 +191,49 @@ fn all_errors_at_once() {
         assert!(e.contains(expected), "{expected} in {e}");
     }
 }
+
+#[test]
+fn max_hold_only_with_a_watchdog() {
+    let f = quote!(
+        async fn f(a: u32) -> Result<(), E> {}
+    );
+    let e = check_err(quote!(name = "a", max_hold = 10m), f.clone());
+    assert!(e.contains("the default fixed lease of 3s"), "{e}");
+    assert!(
+        e.contains("write `lease = watchdog, max_hold = 10m`"),
+        "{e}"
+    );
+    let e = check_err(quote!(name = "a", lease = 5s, max_hold = 10m), f.clone());
+    assert!(e.contains("`lease = 5s` already frees the lock"), "{e}");
+    let e = check_err(quote!(name = "a", lease = LEASE, max_hold = MAX), f.clone());
+    assert!(
+        e.contains("`max_hold = MAX` bounds a lock that renews itself"),
+        "{e}"
+    );
+    let e = check_err(
+        quote!(name = "a", lease = watchdog, max_hold = 0s),
+        f.clone(),
+    );
+    assert!(e.contains("a max_hold of zero"), "{e}");
+    let e = check_err(
+        quote!(name = "a", lease = watchdog, max_hold = 10h),
+        f.clone(),
+    );
+    assert!(e.contains("unknown unit `h` in `max_hold`"), "{e}");
+    let e = check_err(
+        quote!(name = "a", lease = watchdog, max_hold = 1m, max_hold = 2m),
+        f.clone(),
+    );
+    assert!(e.contains("`max_hold` is given twice"), "{e}");
+    assert_eq!(
+        parts(
+            quote!(name = "a", lease = watchdog, max_hold = 10m),
+            f.clone()
+        ),
+        ["a"]
+    );
+    assert_eq!(
+        parts(quote!(name = "a", max_hold = MAX, lease = watchdog), f),
+        ["a"]
+    );
+}

@@ -1,4 +1,5 @@
-//! The attribute's arguments: `name`, `wait`, `lease`, `timeout`, `key`, `locks`, `crate`.
+//! The attribute's arguments: `name`, `wait`, `lease`, `timeout`, `max_hold`, `key`, `locks`,
+//! `crate`.
 //!
 //! A hand-written parser: each argument is `ident = value`, separated by commas. Syntax errors stop
 //! the parse; errors about a value (a repeat, a wrong unit) are collected so that every one is
@@ -15,6 +16,7 @@ mod kw {
     syn::custom_keyword!(wait);
     syn::custom_keyword!(lease);
     syn::custom_keyword!(timeout);
+    syn::custom_keyword!(max_hold);
     syn::custom_keyword!(key);
     syn::custom_keyword!(locks);
     syn::custom_keyword!(watchdog);
@@ -22,7 +24,7 @@ mod kw {
 
 /// What the attribute accepts, for error messages.
 pub(crate) const ACCEPTED: &str = "`name = \"…\"`, `wait = 5s`, `lease = 3s` (or `lease = watchdog`), \
-     `timeout = 2s`, `key = <expr>`, `locks = <expr>`, `crate = \"path\"`";
+     `timeout = 2s`, `max_hold = 10m` (with `lease = watchdog`), `key = <expr>`, `locks = <expr>`, `crate = \"path\"`";
 
 /// What a duration literal may be written as, for error messages.
 const UNITS: &str = "a number with a unit: `250ms`, `5s`, `1.5s`, `2m` or `2min`";
@@ -34,6 +36,8 @@ pub(crate) struct Args {
     pub(crate) wait: Option<Duration>,
     pub(crate) lease: Option<Lease>,
     pub(crate) timeout: Option<Duration>,
+    /// With `lease = watchdog`: the longest the lock may be held.
+    pub(crate) max_hold: Option<Duration>,
     pub(crate) key: Option<Expr>,
     pub(crate) locks: Option<Expr>,
     /// The path of the runtime crate, for a renamed dependency or a re-export.
@@ -145,6 +149,17 @@ impl Parse for Args {
                     Ok(timeout) => args.set(|a| &mut a.timeout, timeout, at, "timeout"),
                     Err(e) => args.error(e),
                 }
+            } else if lookahead.peek(kw::max_hold) {
+                let at = input.parse::<kw::max_hold>()?.span;
+                equals(input, "max_hold", "max_hold = 10m")?;
+                match parse_duration(input, "max_hold")? {
+                    Ok(Duration::Literal { millis: 0, span, .. }) => args.error(syn::Error::new(
+                        span,
+                        "a max_hold of zero ends the body as soon as the lock is taken; give a positive bound, e.g. `max_hold = 10m`",
+                    )),
+                    Ok(max_hold) => args.set(|a| &mut a.max_hold, max_hold, at, "max_hold"),
+                    Err(e) => args.error(e),
+                }
             } else if lookahead.peek(kw::key) {
                 let at = input.parse::<kw::key>()?.span;
                 equals(input, "key", "key = user.id")?;
@@ -206,6 +221,7 @@ fn hint(unknown: &str) -> &'static str {
         "ttl" | "lease_time" | "expire" | "expiry" | "lease_ms" => " (did you mean `lease`?)",
         "wait_time" | "wait_for" | "acquire_timeout" | "retry" => " (did you mean `wait`?)",
         "deadline" | "body_timeout" => " (did you mean `timeout`?)",
+        "max_lease" | "hold" | "max_time" | "hold_limit" => " (did you mean `max_hold`?)",
         "manager" | "lock_manager" | "locker" | "lock" => " (did you mean `locks`?)",
         "keys" | "by" | "on" => " (did you mean `key`?)",
         "namespace" | "prefix" => " (did you mean `name`?)",

@@ -100,7 +100,7 @@ fn at(krate: &TokenStream, span: Span) -> TokenStream {
 }
 
 /// `<crate>::LockOptions::new()`, then one builder call per duration argument the user wrote, in
-/// the order wait, lease, timeout: a literal becomes `Duration::from_millis(…)`, an expression is
+/// the order wait, lease, timeout, max_hold: a literal becomes `Duration::from_millis(…)`, an expression is
 /// passed as it is. Arguments left out are left to the runtime's defaults.
 fn options(plan: &Plan<'_>) -> TokenStream {
     let krate = &plan.krate;
@@ -115,6 +115,9 @@ fn options(plan: &Plan<'_>) -> TokenStream {
     }
     if let Some(timeout) = plan.timeout {
         options = set(options, "timeout", timeout);
+    }
+    if let Some(max_hold) = plan.max_hold {
+        options = set(options, "max_hold", max_hold);
     }
     options
 }

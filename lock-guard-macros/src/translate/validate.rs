@@ -23,6 +23,7 @@ pub(crate) struct Plan<'a> {
     /// `None`: the runtime's default lease.
     pub(crate) lease: Option<&'a Lease>,
     pub(crate) timeout: Option<&'a Duration>,
+    pub(crate) max_hold: Option<&'a Duration>,
     pub(crate) ret: &'a Type,
     pub(crate) body: &'a Body,
 }
@@ -146,6 +147,31 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
         }
     }
 
+    // `max_hold` bounds a watchdog lock; a fixed lease already bounds the hold
+    if let Some(max_hold) = &args.max_hold
+        && !matches!(args.lease, Some(Lease::Watchdog))
+    {
+        let (span, written) = match max_hold {
+            Duration::Literal { span, text, .. } => (*span, text.clone()),
+            Duration::Expr(expr) => (expr.span(), expr.to_token_stream().to_string()),
+        };
+        let lease = match &args.lease {
+            Some(Lease::Duration(Duration::Literal { text, .. })) => format!("`lease = {text}`"),
+            Some(_) => "this fixed lease".to_owned(),
+            None => format!(
+                "the default fixed lease of {}",
+                format_millis(DEFAULT_LEASE_MS)
+            ),
+        };
+        errors.at(
+            span,
+            format!(
+                "`max_hold = {written}` bounds a lock that renews itself, and {lease} already frees the lock when it ends: \
+                 write `lease = watchdog, max_hold = {written}`, or remove `max_hold`"
+            ),
+        );
+    }
+
     // the key: the first argument that is not `self`, or `key = …`
     let parts = match &args.key {
         Some(Expr::Tuple(tuple)) if tuple.elems.is_empty() => {
@@ -206,6 +232,7 @@ pub(crate) fn check<'a>(args: &'a mut Args, func: &'a GuardedFn) -> Result<Plan<
             wait: args.wait.as_ref(),
             lease: args.lease.as_ref(),
             timeout: args.timeout.as_ref(),
+            max_hold: args.max_hold.as_ref(),
             ret,
             body,
         }),

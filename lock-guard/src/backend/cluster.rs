@@ -311,7 +311,82 @@ impl Drop for Fuse<'_> {
     }
 }
 
+impl ClusterBackend {
+    /// The masters' addresses, from `CLUSTER NODES` (for listings, which scan every master).
+    async fn masters(&self) -> Result<Vec<(String, u16)>, LockError> {
+        let mut conn = self.conn.clone();
+        let nodes = self
+            .bounded("", "CLUSTER NODES", async move {
+                conn.route_command(
+                    redis::cmd("CLUSTER").arg("NODES").clone(),
+                    redis::cluster_routing::RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                )
+                .await
+            })
+            .await?;
+        let nodes: String = redis::from_redis_value(nodes)
+            .map_err(|e| LockError::backend(None, BackendError::Protocol(e.to_string())))?;
+        Ok(nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    return None;
+                }
+                let addr = fields.get(1)?.split(['@', ',']).next()?;
+                let (host, port) = addr.rsplit_once(':')?;
+                Some((host.to_owned(), port.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
 impl Backend for ClusterBackend {
+    fn inspect<'a>(
+        &'a self,
+        route: super::inspect::Route<'a>,
+    ) -> BoxFuture<'a, super::inspect::Answers> {
+        use super::inspect::{Answers, Route, on_node};
+        Box::pin(async move {
+            match route {
+                Route::Lock(keys) => {
+                    // Routed by the key's slot, as every script of the lock.
+                    let answer = on_node(route, |cmd: redis::Cmd| {
+                        let mut conn = self.conn.clone();
+                        self.bounded(&keys.lock, "inspect", async move {
+                            cmd.query_async(&mut conn).await
+                        })
+                    })
+                    .await;
+                    Answers::Nodes(vec![answer])
+                }
+                Route::Scan { .. } => {
+                    let masters = match self.masters().await {
+                        Ok(m) => m,
+                        Err(e) => return Answers::Nodes(vec![Err(e)]),
+                    };
+                    let scans =
+                        masters.into_iter().map(|(host, port)| {
+                            on_node(route, move |cmd: redis::Cmd| {
+                                let mut conn = self.conn.clone();
+                                let to = redis::cluster_routing::RoutingInfo::SingleNode(
+                                    SingleNodeRoutingInfo::ByAddress {
+                                        host: host.clone(),
+                                        port,
+                                    },
+                                );
+                                self.bounded("", "SCAN", async move {
+                                    conn.route_command(cmd, to).await
+                                })
+                            })
+                        });
+                    Answers::Nodes(futures_util::future::join_all(scans).await)
+                }
+            }
+        })
+    }
+
     fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
         Box::pin(self.acquire(req))
     }

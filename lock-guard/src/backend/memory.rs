@@ -118,6 +118,40 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    fn inspect<'a>(
+        &'a self,
+        route: super::inspect::Route<'a>,
+    ) -> BoxFuture<'a, super::inspect::Answers> {
+        use super::inspect::{Answers, Raw, Route};
+        let now = Instant::now();
+        let st = self.state();
+        let raw = |key: &Arc<str>, e: &Entry| Raw {
+            key: key.to_string(),
+            pttl: Some(e.expires.saturating_duration_since(now).as_millis() as u64),
+            value: Some(e.token.clone()),
+            // No counter per key is kept in memory.
+            fence: None,
+            queue: 0,
+        };
+        let raws = match route {
+            Route::Lock(keys) => st
+                .locks
+                .get_key_value(&keys.lock)
+                .filter(|(_, e)| e.expires > now)
+                .map(|(k, e)| raw(k, e))
+                .into_iter()
+                .collect(),
+            Route::Scan { prefix, limit, .. } => st
+                .locks
+                .iter()
+                .filter(|(k, e)| e.expires > now && k.starts_with(prefix))
+                .take(limit)
+                .map(|(k, e)| raw(k, e))
+                .collect(),
+        };
+        Box::pin(std::future::ready(Answers::Memory(raws)))
+    }
+
     fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
         let r = self.take(req.keys, req.token, req.lease);
         Box::pin(std::future::ready(Ok(r)))

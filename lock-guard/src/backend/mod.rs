@@ -8,6 +8,7 @@
 
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
+pub(crate) mod inspect;
 pub(crate) mod memory;
 pub(crate) mod protocol;
 pub(crate) mod redis;
@@ -138,4 +139,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// The backend's part of the manager's `Debug`: kind and redacted address.
     fn describe(&self, f: &mut fmt::DebugStruct<'_, '_>);
+
+    /// Inspection: runs a read-only command where `route` says, one answer per node asked (see
+    /// `inspect.rs`); or reads the in-process state for the memory backend.
+    fn inspect<'a>(&'a self, route: inspect::Route<'a>) -> BoxFuture<'a, inspect::Answers>;
 }

@@ -370,6 +370,16 @@ impl Drop for Fuse<'_> {
 }
 
 impl Backend for RedlockBackend {
+    fn inspect<'a>(
+        &'a self,
+        route: super::inspect::Route<'a>,
+    ) -> BoxFuture<'a, super::inspect::Answers> {
+        Box::pin(async move {
+            let answers = join_all(self.nodes.iter().map(|n| n.inspect_node(route))).await;
+            super::inspect::Answers::Nodes(answers)
+        })
+    }
+
     fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
         Box::pin(self.acquire(req))
     }

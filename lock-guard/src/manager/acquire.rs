@@ -27,7 +27,7 @@ impl LockManager {
     /// lease: check [`LockGuard::valid_until`], pass [`LockGuard::fencing_token`] to the storage,
     /// or use [`run`](Self::run).
     pub async fn lock(&self, key: &LockKey, options: LockOptions) -> Result<LockGuard, LockError> {
-        self.acquire(self.keys(key), options).await
+        self.take(self.keys(key), options).await
     }
 
     pub(super) async fn acquire(
@@ -92,6 +92,8 @@ impl LockManager {
             active: false,
         };
         let mut must_try = true;
+        // When this waiter last woke up (for the hand-over gap metric).
+        let mut woken = Instant::now();
         loop {
             if must_try && place.state().0 {
                 if Instant::now() >= wait_end {
@@ -112,6 +114,10 @@ impl LockManager {
                     Attempt::Acquired { fence, valid_until } => {
                         registration.active = false;
                         place.acquired(valid_until, ask.others_wait);
+                        crate::telemetry::handover(
+                            crate::telemetry::Labels::new(&keys, inner.deployment),
+                            woken,
+                        );
                         return Ok(guard(token, fence, valid_until));
                     }
                     Attempt::Held(pttl) => {
@@ -152,6 +158,7 @@ impl LockManager {
                     must_try = matches!(place.state().1, Some(at) if at <= now);
                 }
             }
+            woken = Instant::now();
         }
     }
 

@@ -41,6 +41,8 @@ pub struct LockManagerBuilder {
     replicas: Option<(u64, Duration)>,
     /// Accept servers whose eviction policy can delete held locks.
     allow_eviction: bool,
+    /// The user's own pool, for the commands on one server.
+    users_pool: Option<deadpool_redis::Pool>,
     #[cfg(feature = "tls")]
     root_cert: Option<Vec<u8>>,
 }
@@ -89,6 +91,7 @@ impl fmt::Debug for LockManagerBuilder {
             .field("watchdog_lease", &self.watchdog_lease)
             .field("wait_for_replicas", &self.replicas)
             .field("allow_eviction", &self.allow_eviction)
+            .field("users_pool", &self.users_pool.as_ref().map(|p| p.status()))
             .finish()
     }
 }
@@ -103,6 +106,7 @@ impl Default for LockManagerBuilder {
             watchdog_lease: lease::DEFAULT_WATCHDOG_LEASE,
             replicas: None,
             allow_eviction: false,
+            users_pool: None,
             #[cfg(feature = "tls")]
             root_cert: None,
         }
@@ -137,6 +141,7 @@ impl LockManagerBuilder {
     /// keeps one multiplexed connection per node). Release notifications use classic pub/sub
     /// through the first URL's node. See the crate docs, *Deployments*, for the guarantees.
     #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -214,12 +219,44 @@ impl LockManagerBuilder {
 
     /// Trusts this PEM root certificate for `rediss://` (instead of the system's roots).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_root_certificate_pem(mut self, pem: Vec<u8>) -> Self {
         self.root_cert = Some(pem);
         self
     }
 
+    /// Sends the lock commands over your own `deadpool-redis` pool instead of connections of the
+    /// manager's own; set [`url`](Self::url) to the same server, for the one pub/sub connection
+    /// that carries release notifications (a pool's connections cannot subscribe).
+    ///
+    /// The manager checks out up to [`pool_size`](Self::pool_size) connections, keeps a clone of
+    /// each (they are multiplexed: your commands and the locks' share them) and gives the checkout
+    /// back at once, so your pool keeps all its connections and no lock command pays for a
+    /// checkout (`deadpool-redis` recycles each checkout with a `PING`, one more round trip). A
+    /// connection that fails is dropped and another one checked out. Commands are bounded by the
+    /// manager's command timeout, whatever the pool's connections are configured with. One
+    /// server only: not with `cluster` or [`redlock`](Self::redlock).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_guard::deadpool_redis::{Config, Runtime};
+    /// let url = "redis://127.0.0.1:6379";
+    /// let pool = Config::from_url(url).create_pool(Some(Runtime::Tokio1))?;
+    /// let locks = lock_guard::LockManager::builder().url(url).pool(pool.clone()).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pool(mut self, pool: deadpool_redis::Pool) -> Self {
+        self.users_pool = Some(pool);
+        self
+    }
+
     fn check(&self) -> Result<(), LockError> {
+        if self.users_pool.is_some() && !matches!(self.deployment, Deployment::Single(_)) {
+            return Err(LockError::config(
+                "a deadpool-redis pool serves one server: set it with `url` (the same server), \
+                 not with `cluster`, `redlock` or `memory`",
+            ));
+        }
         if self.prefix.contains(['{', '}']) {
             return Err(LockError::config(format!(
                 "key prefix `{}` may not contain `{{` or `}}`: they would break the hash tag; \
@@ -306,6 +343,7 @@ impl LockManagerBuilder {
             pool_size: self.pool_size,
             timeout: self.command_timeout,
             allow_eviction: self.allow_eviction,
+            users_pool: None,
         })
     }
 
@@ -360,6 +398,7 @@ impl LockManagerBuilder {
                         pool_size: self.pool_size,
                         timeout: self.command_timeout,
                         allow_eviction: self.allow_eviction,
+                        users_pool: self.users_pool.clone(),
                     },
                     &waiters,
                 )

@@ -3,7 +3,9 @@
 
 mod acquire;
 mod builder;
+mod inspect;
 mod run;
+mod shutdown;
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -11,6 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use builder::{LockManagerBuilder, redact_url};
+pub(crate) use shutdown::Registration;
+pub use shutdown::Shutdown;
 
 use crate::backend::{Backend, Keys};
 use crate::error::LockError;
@@ -41,6 +45,9 @@ struct Inner {
     waiters: Arc<Waiters>,
     prefix: String,
     watchdog_lease: Duration,
+    holdings: Arc<shutdown::Holdings>,
+    /// `redis`, `cluster`, `redlock` or `memory`: the metrics' `deployment` label.
+    deployment: &'static str,
 }
 
 /// What a manager has sent to its backend so far: for tests and benchmarks.
@@ -100,6 +107,7 @@ impl LockManager {
     /// A manager on the Redis Cluster reached through `urls` (any of its nodes), with the default
     /// configuration (see [`LockManagerBuilder::cluster`]).
     #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub async fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<LockManager, LockError> {
         Self::builder().cluster(urls).build().await
     }
@@ -122,12 +130,15 @@ impl LockManager {
         prefix: String,
         watchdog_lease: Duration,
     ) -> LockManager {
+        let deployment = crate::telemetry::deployment(&*backend);
         LockManager {
             inner: Arc::new(Inner {
+                deployment,
                 backend,
                 waiters,
                 prefix,
                 watchdog_lease,
+                holdings: Arc::default(),
             }),
         }
     }
@@ -164,10 +175,17 @@ impl LockManager {
         Arc::new(Keys::new(&self.inner.prefix, key.as_str()))
     }
 
+    /// The lease an acquisition asks for. A watchdog lock bounded by `max_hold` shorter than the
+    /// watchdog lease asks for no more than `max_hold` (plus the drift allowance), so that Redis
+    /// frees it by then even if its holder freezes or dies.
     fn lease_of(&self, options: &LockOptions) -> Duration {
-        match options.lease_kind() {
-            Lease::Fixed(d) => d,
-            Lease::Watchdog => self.inner.watchdog_lease,
+        match (options.lease_kind(), options.max_hold_limit()) {
+            (Lease::Fixed(d), _) => d,
+            (Lease::Watchdog, None) => self.inner.watchdog_lease,
+            (Lease::Watchdog, Some(max_hold)) => {
+                let now = tokio::time::Instant::now();
+                crate::lease::capped_lease(self.inner.watchdog_lease, now, now + max_hold)
+            }
         }
     }
 }

@@ -131,6 +131,11 @@ impl LockManager {
                 key: keys.lock.to_string(),
             }
             .into()),
+            // Nested bodies are not given a hold bound of their own: the enclosing one ends them.
+            Ended::MaxHold => Err(LockError::Lost {
+                key: keys.lock.to_string(),
+            }
+            .into()),
         }
     }
 
@@ -146,7 +151,7 @@ impl LockManager {
         E: From<LockError>,
     {
         let started = Instant::now();
-        let guard = match self.acquire(keys.clone(), options).await {
+        let guard = match self.take(keys.clone(), options).await {
             Ok(g) => g,
             Err(e) => {
                 span.record("outcome", outcome_name(&e));
@@ -159,13 +164,16 @@ impl LockManager {
             }
         };
         let acquired = Instant::now();
+        let labels = crate::telemetry::Labels::new(&keys, self.inner.deployment);
         span.record("waited_ms", (acquired - started).as_millis() as u64);
         span.record("fencing_token", guard.fencing_token());
 
         let renewed = matches!(options.lease_kind(), Lease::Watchdog);
         let timeout_at = options.effective_timeout().map(|t| acquired + t);
+        let hold_until = options.max_hold_limit().map(|m| acquired + m);
         let validity = Arc::new(Validity::new(acquired, guard.valid_until()));
         let gone = AtomicBool::new(false);
+        let shut = AtomicBool::new(false);
         let ended = {
             let held = Held::new(
                 self.id(),
@@ -178,16 +186,36 @@ impl LockManager {
             let body = context::scope(held, body);
             let watchdog = async {
                 if renewed {
-                    if watchdog(&guard, &validity).await {
+                    if watchdog(&guard, &validity, hold_until, labels).await {
                         gone.store(true, Ordering::Relaxed);
                     }
                 } else {
                     std::future::pending::<()>().await;
                 }
             };
-            Bounded::new(body, watchdog, timeout_at, &validity, renewed).await
+            // `shutdown` ends the body as a lost lock would, then says why.
+            let watchdog = async {
+                let closing = self.inner.holdings.closing();
+                futures_util::pin_mut!(watchdog, closing);
+                if let futures_util::future::Either::Right(_) =
+                    futures_util::future::select(watchdog, closing).await
+                {
+                    shut.store(true, Ordering::Relaxed);
+                }
+            };
+            Bounded::new(body, watchdog, timeout_at, &validity, renewed)
+                .hold_until(hold_until)
+                .await
             // The body is dropped here, before the lock is released.
         };
+        crate::telemetry::seconds("lock_guard_hold_seconds", labels, acquired.elapsed());
+        match &ended {
+            Ended::Done(_) => {}
+            Ended::Deadline => crate::telemetry::count("lock_guard_deadline_total", labels),
+            Ended::MaxHold => crate::telemetry::count("lock_guard_max_hold_total", labels),
+            Ended::Lost if shut.load(Ordering::Relaxed) => {}
+            Ended::Lost => crate::telemetry::count("lock_guard_lost_total", labels),
+        }
         match ended {
             Ended::Done(r) => {
                 guard.release_after_body().await;
@@ -200,6 +228,25 @@ impl LockManager {
                 let e = deadline_error(&keys, timeout_at.map(|t| t.min(validity.get())), acquired);
                 tracing::warn!(key = %keys.lock, error = %e, "guarded body reached its deadline and was dropped");
                 Err(e.into())
+            }
+            Ended::MaxHold => {
+                guard.release_after_body().await;
+                span.record("outcome", "max_hold");
+                let e = LockError::MaxHold {
+                    key: keys.lock.to_string(),
+                    max_hold: options.max_hold_limit().unwrap_or_default(),
+                };
+                tracing::warn!(key = %keys.lock, error = %e, "guarded body held the lock for its max_hold and was dropped");
+                Err(e.into())
+            }
+            Ended::Lost if shut.load(Ordering::Relaxed) => {
+                guard.release_after_body().await;
+                span.record("outcome", "shut_down");
+                tracing::warn!(key = %keys.lock, "lock manager shut down while the body ran; the body was dropped");
+                Err(LockError::ShutDown {
+                    key: Some(keys.lock.to_string()),
+                }
+                .into())
             }
             Ended::Lost => {
                 if gone.load(Ordering::Relaxed) {
@@ -231,17 +278,36 @@ fn deadline_error(keys: &Keys, deadline: Option<Instant>, acquired: Instant) -> 
 /// returns when a renewal finds the lock gone, or when the validity runs out before a renewal is
 /// confirmed (a renewal still in flight then does not count). Returns `true` when the lock was
 /// found gone.
-async fn watchdog(guard: &LockGuard, validity: &Validity) -> bool {
-    let lease = guard.lease();
-    let period = lease::renew_period(lease);
+///
+/// With `hold_until` (`max_hold`), no renewal asks Redis to keep the lock past it (plus the drift
+/// allowance, so that the confirmed validity reaches it), and none is sent after it: the body's
+/// bound ends the call then.
+async fn watchdog(
+    guard: &LockGuard,
+    validity: &Validity,
+    hold_until: Option<Instant>,
+    labels: crate::telemetry::Labels<'_>,
+) -> bool {
+    let full_lease = guard.lease();
+    let period = lease::renew_period(full_lease);
     let mut next = Instant::now() + period;
     loop {
+        if let Some(end) = hold_until
+            && next >= end
+        {
+            // Renewals stop: the body ends at `end` (or at the validity, if that comes first).
+            return std::future::pending().await;
+        }
         sleep_until(next.min(validity.get())).await;
         if Instant::now() >= validity.get() {
             tracing::warn!(key = %guard.key(), "lease ran out before a renewal was confirmed");
             return false;
         }
         let sent = Instant::now();
+        let lease = match hold_until {
+            Some(end) => lease::capped_lease(full_lease, sent, end),
+            None => full_lease,
+        };
         let renewal = guard.backend().renew(guard.keys(), guard.token(), lease);
         match timeout_at(validity.get(), renewal).await {
             Ok(Ok(true)) => {
@@ -254,6 +320,7 @@ async fn watchdog(guard: &LockGuard, validity: &Validity) -> bool {
                 return true;
             }
             Ok(Err(e)) => {
+                crate::telemetry::count("lock_guard_backend_errors_total", labels);
                 tracing::warn!(key = %guard.key(), error = %e, "renewal failed; retrying");
                 // Retry soon, but without spinning on an error that comes back at once.
                 next = Instant::now() + (period / 4).max(Duration::from_millis(5));
@@ -271,6 +338,8 @@ fn outcome_name(e: &LockError) -> &'static str {
         LockError::NotAcquired { .. } => "not_acquired",
         LockError::Deadline { .. } => "deadline",
         LockError::Lost { .. } => "lost",
+        LockError::MaxHold { .. } => "max_hold",
+        LockError::ShutDown { .. } => "shut_down",
         LockError::NotReplicated { .. } => "not_replicated",
         LockError::Backend { .. } => "backend_error",
         LockError::Config { .. } => "config_error",

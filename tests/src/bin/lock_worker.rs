@@ -12,12 +12,15 @@
 //!
 //! Arguments are `name=value`: `url` (Redis of the locks), `store` (the fenced store; optional),
 //! `keys` (comma-separated), `lease_ms`, `wait_ms`, `body_ms`, `timeout_ms`, `tasks`,
-//! `duration_ms`, `command_timeout_ms`, and `mode`:
+//! `duration_ms`, `command_timeout_ms`, `watchdog=1` (a watchdog lease), `max_hold_ms`, and
+//! `mode`:
 //!
 //! - `run-write`: one `run` with a fixed lease; the body sleeps `body_ms`, then writes;
 //! - `guard-write`: the same with `lock` and a guard (nothing bounds the body: fencing must);
 //! - `hold`: takes the lock with a guard and sleeps until killed;
 //! - `acquire`: takes the lock (waiting up to `wait_ms`), prints, releases, exits;
+//! - `exit`: a watchdog body on the first key and a guard on the second, then the process exits
+//!   at once — after `LockManager::shutdown` with `shutdown=1` (`SHUTDOWN <result>`);
 //! - `jepsen`: `tasks` tasks for `duration_ms`, each taking random keys in turn and running a
 //!   section (`begin`, a short sleep, `end`) through the store.
 //!
@@ -110,6 +113,12 @@ async fn main() {
     if args.get("timeout_ms").is_some() {
         options = options.timeout(args.ms("timeout_ms", 0));
     }
+    if args.get("watchdog") == Some("1") {
+        options = options.watchdog();
+    }
+    if args.get("max_hold_ms").is_some() {
+        options = options.max_hold(args.ms("max_hold_ms", 0));
+    }
     let body = args.ms("body_ms", 0);
     let key = LockKey::new("worker").part(&keys[0]);
     let mode = args.get("mode").unwrap_or("acquire");
@@ -158,6 +167,35 @@ async fn main() {
                 Ok(released) => say(&format!("RESULT ok released={released}")),
                 Err(e) => say(&format!("RESULT err {e:?}")),
             }
+        }
+        "exit" => {
+            // A service going down: a watchdog body runs on `keys[0]` and a guard is held on
+            // `keys[1]`; then the process exits — after `LockManager::shutdown` with `shutdown=1`.
+            let (started, has_started) = tokio::sync::oneshot::channel();
+            let body_locks = locks.clone();
+            let body_key = key.clone();
+            let body = tokio::spawn(async move {
+                body_locks
+                    .run(&body_key, options.watchdog(), async move {
+                        let _ = started.send(());
+                        std::future::pending::<Result<(), LockError>>().await
+                    })
+                    .await
+            });
+            has_started.await.expect("the body started");
+            let guard_key = LockKey::new("worker").part(keys.get(1).expect("keys=a,b"));
+            let guard = locks
+                .lock(&guard_key, options.watchdog())
+                .await
+                .expect("the second lock");
+            say(&format!("ACQUIRED {} {}", keys[0], keys[1]));
+            if args.get("shutdown") == Some("1") {
+                let done = locks.shutdown(args.ms("shutdown_ms", 2000)).await;
+                let body = body.await.expect("the body's task");
+                say(&format!("SHUTDOWN {done:?} body={body:?}"));
+            }
+            drop(guard);
+            std::process::exit(0);
         }
         "jepsen" => jepsen(&args, locks, store.expect("store=…"), keys, options).await,
         other => panic!("unknown mode {other}"),

@@ -81,7 +81,8 @@ struct Slot {
 struct Held {
     generation: u64,
     conn: MultiplexedConnection,
-    object: Object<Opener>,
+    /// `None` for a connection of the user's pool: it went back to that pool at once.
+    object: Option<Object<Opener>>,
 }
 
 /// A connection handed to one command, and which slot it came from.
@@ -94,6 +95,8 @@ pub(super) struct Conn {
 
 pub(super) struct Connections {
     pool: Pool<Opener>,
+    /// The user's own pool (`LockManagerBuilder::pool`), if given: slots are filled from it.
+    users: Option<deadpool_redis::Pool>,
     slots: Box<[Slot]>,
     next: AtomicUsize,
     generation: AtomicU64,
@@ -117,11 +120,23 @@ impl Connections {
         .map_err(|e| LockError::config(e.to_string()))?;
         Ok(Connections {
             pool,
+            users: None,
             slots: (0..size).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             timeout,
         })
+    }
+
+    /// Fills the slots from the user's pool instead of opening connections of its own.
+    ///
+    /// A slot keeps a clone of a multiplexed connection checked out of `pool`, and gives the
+    /// checkout back at once: the connection stays in the user's pool, shared (multiplexed) by the
+    /// user's commands and the locks', and no command of the locks pays for a checkout — a
+    /// `deadpool-redis` checkout recycles the connection with a `PING`, one more round trip.
+    pub(super) fn with_users_pool(mut self, pool: deadpool_redis::Pool) -> Self {
+        self.users = Some(pool);
+        self
     }
 
     /// The connection of the next slot, opening one if the slot is empty (bounded by `end`).
@@ -153,14 +168,27 @@ impl Connections {
                 conn: held.conn.clone(),
             });
         }
-        let object = self.pool.get().await.map_err(|e| match e {
-            managed::PoolError::Backend(e) => BackendError::Redis(e),
-            other => BackendError::Pool(other.to_string()),
-        })?;
+        let (conn, object) = match &self.users {
+            Some(users) => {
+                let checkout = users.get().await.map_err(|e| match e {
+                    managed::PoolError::Backend(e) => BackendError::Redis(e),
+                    other => BackendError::Pool(other.to_string()),
+                })?;
+                // Back to the user's pool when `checkout` drops: only a clone is kept.
+                ((*checkout).clone(), None)
+            }
+            None => {
+                let object = self.pool.get().await.map_err(|e| match e {
+                    managed::PoolError::Backend(e) => BackendError::Redis(e),
+                    other => BackendError::Pool(other.to_string()),
+                })?;
+                (object.conn.clone(), Some(object))
+            }
+        };
         let mut slot = lock(&self.slots[i].held);
         let held = slot.get_or_insert_with(|| Held {
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
-            conn: object.conn.clone(),
+            conn,
             object,
         });
         Ok(Conn {
@@ -183,8 +211,10 @@ impl Connections {
             return;
         }
         for slot in self.slots.iter() {
-            if let Some(mut held) = lock(&slot.held).take() {
-                held.object.broken = true;
+            if let Some(held) = lock(&slot.held).take()
+                && let Some(mut object) = held.object
+            {
+                object.broken = true;
             }
         }
         self.pool.retain(|_, _| false);
@@ -215,8 +245,16 @@ impl Connections {
             })
         };
         let conn = self.get(end).await.map_err(fail)?;
-        // The first request is bounded by the connection's response timeout.
-        let e = match f(&conn, false).await {
+        // The first request is bounded by the connection's response timeout — which the
+        // connections of a user's pool may not have: bounded here then.
+        let first = match &self.users {
+            None => f(&conn, false).await,
+            Some(_) => match timeout_at(end, f(&conn, false)).await {
+                Ok(r) => r,
+                Err(_) => return Err(timed_out()),
+            },
+        };
+        let e = match first {
             Ok(v) => return Ok(v),
             Err(e) if e.is_timeout() => return Err(timed_out()),
             Err(e) if is_dead(&e) => e,

@@ -36,6 +36,8 @@ pub(crate) struct RedisConfig {
     pub(crate) timeout: Duration,
     /// Accept a server whose `maxmemory-policy` can evict locks.
     pub(crate) allow_eviction: bool,
+    /// The user's own pool for the commands, if given (the subscriber still uses `client`).
+    pub(crate) users_pool: Option<deadpool_redis::Pool>,
 }
 
 pub(crate) struct RedisBackend {
@@ -51,12 +53,16 @@ impl RedisBackend {
         waiters: &Arc<Waiters>,
     ) -> Result<RedisBackend, LockError> {
         let counters = Arc::new(Counters::default());
-        let conns = Arc::new(Connections::new(
+        let mut conns = Connections::new(
             config.client.clone(),
             config.pool_size,
             config.timeout,
             (!config.allow_eviction).then(|| config.shown_url.clone()),
-        )?);
+        )?;
+        if let Some(pool) = config.users_pool {
+            conns = conns.with_users_pool(pool);
+        }
+        let conns = Arc::new(conns);
         let backend = RedisBackend {
             conns,
             counters: counters.clone(),
@@ -228,7 +234,33 @@ impl Drop for Fuse<'_> {
     }
 }
 
+impl RedisBackend {
+    /// Runs an inspection on this server.
+    pub(crate) async fn inspect_node(
+        &self,
+        route: super::inspect::Route<'_>,
+    ) -> Result<redis::Value, LockError> {
+        super::inspect::on_node(route, |cmd: redis::Cmd| {
+            self.conns.call(None, "inspect", move |c, _| {
+                let mut conn = c.conn.clone();
+                let cmd = cmd.clone();
+                async move { cmd.query_async(&mut conn).await }
+            })
+        })
+        .await
+    }
+}
+
 impl Backend for RedisBackend {
+    fn inspect<'a>(
+        &'a self,
+        route: super::inspect::Route<'a>,
+    ) -> BoxFuture<'a, super::inspect::Answers> {
+        Box::pin(
+            async move { super::inspect::Answers::Nodes(vec![self.inspect_node(route).await]) },
+        )
+    }
+
     fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
         Box::pin(self.acquire(req))
     }

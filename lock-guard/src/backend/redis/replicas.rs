@@ -96,6 +96,13 @@ impl Replicated {
 }
 
 impl Backend for Replicated {
+    fn inspect<'a>(
+        &'a self,
+        route: crate::backend::inspect::Route<'a>,
+    ) -> BoxFuture<'a, crate::backend::inspect::Answers> {
+        self.node.inspect(route)
+    }
+
     fn try_acquire<'a>(&'a self, req: Try<'a>) -> BoxFuture<'a, Result<Attempt, LockError>> {
         Box::pin(self.acquire(req))
     }
