@@ -92,8 +92,9 @@ impl LockManager {
             active: false,
         };
         let mut must_try = true;
-        // When this waiter last woke up (for the hand-over gap metric).
-        let mut woken = Instant::now();
+        // When this waiter last woke up from waiting (for the hand-over metrics): `None` until it
+        // has waited, so an acquisition at the first try is not counted as a hand-over.
+        let mut woken = None;
         loop {
             if must_try && place.state().0 {
                 if Instant::now() >= wait_end {
@@ -114,10 +115,12 @@ impl LockManager {
                     Attempt::Acquired { fence, valid_until } => {
                         registration.active = false;
                         place.acquired(valid_until, ask.others_wait);
-                        crate::telemetry::handover(
-                            crate::telemetry::Labels::new(&keys, inner.deployment),
-                            woken,
-                        );
+                        if let Some(woken) = woken {
+                            crate::telemetry::handover(
+                                crate::telemetry::Labels::new(&keys, inner.deployment),
+                                woken,
+                            );
+                        }
                         return Ok(guard(token, fence, valid_until));
                     }
                     Attempt::Held(pttl) => {
@@ -158,7 +161,7 @@ impl LockManager {
                     must_try = matches!(place.state().1, Some(at) if at <= now);
                 }
             }
-            woken = Instant::now();
+            woken = Some(Instant::now());
         }
     }
 
