@@ -7,7 +7,7 @@
 //!
 //! Fault injection: [`Proxy`] (latency, stalls, cut connections), [`faults`] (`CLIENT PAUSE`,
 //! `CLIENT KILL`, `SAVE`), [`Worker`] (worker OS processes to freeze or kill) and
-//! [`FencedStore`] (the "database" that rejects stale fencing tokens, with a [`check`]er).
+//! [`FencedStore`] (the "database" that rejects stale fencing tokens, with a checker, [`check_history`]).
 //!
 //! [`backend_tests!`] writes a test body once and runs it against Redis and against
 //! [`LockManager::memory`](lock_guard::LockManager::memory).
