@@ -224,32 +224,14 @@ pub const LISTENING: &str = "listening on ";
 impl ServerProcess {
     /// Runs `exe args…` and waits (up to 30 s) for its `listening on <url>` line.
     pub async fn spawn(exe: &Path, args: &[String]) -> io::Result<ServerProcess> {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix(LISTENING) {
-                    return Ok(url.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-            Err(io::Error::other(
-                "the instance exited before printing its address",
-            ))
-        })
-        .await
-        .map_err(|_| io::Error::other("the instance did not print its address within 30 s"))??;
-        // Keep reading its stdout so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut command = Command::new(exe);
+        command.args(args);
+        let (child, rest) = spawn_until(command, LISTENING, "its address").await?;
+        let url = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         Ok(ServerProcess { child, url })
     }
 
@@ -280,4 +262,40 @@ fn redact_all(urls: &[String]) -> String {
         .map(|u| redact(u))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Runs `command` (stdin and stdout piped, killed on drop) and waits up to 30 s for a line of its
+/// stdout that contains `marker`; returns the child and what follows the marker on that line. The
+/// rest of its stdout is read in the background, so it never blocks on a full pipe. `what` names
+/// the line in the errors.
+pub async fn spawn_until(
+    mut command: Command,
+    marker: &str,
+    what: &str,
+) -> io::Result<(Child, String)> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some((_, rest)) = line.split_once(marker) {
+                return Ok(rest.to_owned());
+            }
+        }
+        Err(io::Error::other(format!(
+            "the process exited before printing {what}"
+        )))
+    })
+    .await
+    .map_err(|_| io::Error::other(format!("the process did not print {what} within 30 s")))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, rest))
 }

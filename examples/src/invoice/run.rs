@@ -8,12 +8,10 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -155,29 +153,9 @@ pub struct ConsumerProcess {
 impl ConsumerProcess {
     /// Runs `command` (which runs [`consume_from_config`]) and waits up to 30 s for its
     /// `invoice consumer ready: …` line.
-    pub async fn spawn(mut command: Command) -> io::Result<ConsumerProcess> {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.contains(CONSUMING) {
-                    return Ok(());
-                }
-            }
-            Err(io::Error::other("the consumer exited before consuming"))
-        })
-        .await
-        .map_err(|_| io::Error::other("the consumer did not start within 30 s"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    pub async fn spawn(command: Command) -> io::Result<ConsumerProcess> {
+        let (child, _) =
+            crate::setup::spawn_until(command, CONSUMING, "that it is consuming").await?;
         Ok(ConsumerProcess { child })
     }
 
